@@ -1,0 +1,79 @@
+"""Face part and region vocabulary: CelebAMask-HQ part names, the Attention-IoU grouping, ROI-IoU rectangles."""
+
+from __future__ import annotations
+
+import torch
+
+#: CelebAMask-HQ part names; a part label map stores the index into this tuple (0 = background).
+PART_NAMES: tuple[str, ...] = (
+    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+)
+
+#: Regions as the Attention-IoU paper groups the parts.
+REGION_PARTS: dict[str, tuple[str, ...]] = {
+    "background": ("background",),
+    "skin": ("skin",),
+    "nose": ("nose",),
+    "eyeglasses": ("eye_g",),
+    "eyes": ("l_eye", "r_eye"),
+    "eyebrows": ("l_brow", "r_brow"),
+    "ears": ("l_ear", "r_ear"),
+    "mouth": ("mouth", "u_lip", "l_lip"),
+    "hair": ("hair",),
+    "hat": ("hat",),
+    "earrings": ("ear_r",),
+    "necklace": ("neck_l",),
+    "neck": ("neck",),
+    "cloth": ("cloth",),
+}
+REGION_NAMES: tuple[str, ...] = tuple(REGION_PARTS)
+
+#: Regions the Attention-IoU paper leaves out of mask scores (too large or uninformative).
+UNSCORED_REGIONS: frozenset[str] = frozenset({"background", "skin", "cloth"})
+
+#: The ten rectangular facial regions of the ROI-IoU paper on the aligned template face, as
+#: (x0, y0, x1, y1) fractions of the image. The paper names no coordinates; these follow the
+#: SynthFaces/CelebA-aligned template (eyes at y~0.42, mouth at y~0.72).
+TEMPLATE_BOXES: dict[str, tuple[float, float, float, float]] = {
+    "forehead": (0.28, 0.16, 0.72, 0.32),
+    "left_eyebrow": (0.24, 0.30, 0.48, 0.38),
+    "right_eyebrow": (0.52, 0.30, 0.76, 0.38),
+    "left_eye": (0.26, 0.37, 0.47, 0.47),
+    "right_eye": (0.53, 0.37, 0.74, 0.47),
+    "nose": (0.42, 0.44, 0.58, 0.62),
+    "left_cheek": (0.22, 0.50, 0.40, 0.68),
+    "right_cheek": (0.60, 0.50, 0.78, 0.68),
+    "mouth": (0.34, 0.64, 0.66, 0.80),
+    "chin": (0.36, 0.80, 0.64, 0.92),
+}
+
+
+def parts_to_regions(parts: torch.Tensor) -> torch.Tensor:
+    """Turn part label maps ``[..., H, W]`` (indices into PART_NAMES) into boolean regions ``[..., R, H, W]``."""
+    index = {name: i for i, name in enumerate(PART_NAMES)}
+    lut = torch.zeros(len(REGION_NAMES), len(PART_NAMES), dtype=torch.bool)
+    for r, members in enumerate(REGION_PARTS.values()):
+        for part in members:
+            lut[r, index[part]] = True
+    onehot = torch.nn.functional.one_hot(parts.long(), len(PART_NAMES)).bool()  # [..., H, W, P]
+    return (onehot.unsqueeze(-4) & lut[:, None, None, :]).any(-1)
+
+
+def template_box_mask(name: str, height: int, width: int) -> torch.Tensor:
+    """Boolean ``[height, width]`` mask of a template rectangle on any grid (a CAM grid or the image).
+
+    A cell belongs to the box when its centre lies inside it; a box always covers at least one cell.
+    """
+    if name not in TEMPLATE_BOXES:
+        raise KeyError(f"unknown template region {name!r}; choose one of {', '.join(TEMPLATE_BOXES)}")
+    x0, y0, x1, y1 = TEMPLATE_BOXES[name]
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width
+    rows = (ys >= y0) & (ys < y1)
+    cols = (xs >= x0) & (xs < x1)
+    if not rows.any():
+        rows[min(int((y0 + y1) / 2 * height), height - 1)] = True
+    if not cols.any():
+        cols[min(int((x0 + x1) / 2 * width), width - 1)] = True
+    return rows[:, None] & cols[None, :]

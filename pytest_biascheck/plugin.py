@@ -1,0 +1,1 @@
+"""pytest entry point of biascheck (filled in by the foundation work)."""

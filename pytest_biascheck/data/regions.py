@@ -6,8 +6,25 @@ import torch
 
 #: CelebAMask-HQ part names; a part label map stores the index into this tuple (0 = background).
 PART_NAMES: tuple[str, ...] = (
-    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
-    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+    "background",
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
 )
 
 #: Regions as the Attention-IoU paper groups the parts.
@@ -51,13 +68,13 @@ TEMPLATE_BOXES: dict[str, tuple[float, float, float, float]] = {
 
 def parts_to_regions(parts: torch.Tensor) -> torch.Tensor:
     """Turn part label maps ``[..., H, W]`` (indices into PART_NAMES) into boolean regions ``[..., R, H, W]``."""
-    index = {name: i for i, name in enumerate(PART_NAMES)}
-    lut = torch.zeros(len(REGION_NAMES), len(PART_NAMES), dtype=torch.bool)
+    region_of_part = torch.empty(len(PART_NAMES), dtype=torch.int64)
     for r, members in enumerate(REGION_PARTS.values()):
         for part in members:
-            lut[r, index[part]] = True
-    onehot = torch.nn.functional.one_hot(parts.long(), len(PART_NAMES)).bool()  # [..., H, W, P]
-    return (onehot.unsqueeze(-4) & lut[:, None, None, :]).any(-1)
+            region_of_part[PART_NAMES.index(part)] = r
+    regions = region_of_part[parts.long()].unsqueeze(-3)
+    levels = torch.arange(len(REGION_NAMES)).view(-1, 1, 1)
+    return regions == levels
 
 
 def template_box_mask(name: str, height: int, width: int) -> torch.Tensor:
@@ -66,7 +83,9 @@ def template_box_mask(name: str, height: int, width: int) -> torch.Tensor:
     A cell belongs to the box when its centre lies inside it; a box always covers at least one cell.
     """
     if name not in TEMPLATE_BOXES:
-        raise KeyError(f"unknown template region {name!r}; choose one of {', '.join(TEMPLATE_BOXES)}")
+        raise KeyError(
+            f"unknown template region {name!r}; choose one of {', '.join(TEMPLATE_BOXES)}"
+        )
     x0, y0, x1, y1 = TEMPLATE_BOXES[name]
     ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height
     xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width

@@ -1,0 +1,127 @@
+"""Datasets behind one schema, and ``open_data()``: a ``--biascheck-data`` spec -> a dataset.
+
+A spec is ``scheme[:key=value,...]`` for a synthetic or plugin dataset (``synthfaces:n=2000,seed=1``),
+``scheme:PATH`` for a real layout (``celeba:/data/celeba``), or a bare path whose layout is detected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_biascheck.data.base import BiasDataset
+from pytest_biascheck.errors import BiascheckError
+
+DatasetFactory = Callable[..., BiasDataset]
+
+
+def _synthfaces(
+    split: str, image_size: int, preset: str = "balanced", **params: Any
+) -> BiasDataset:
+    from pytest_biascheck.data.synth_faces import BIASED_CORRELATIONS, SynthFaces
+
+    presets = {"balanced": None, "biased": BIASED_CORRELATIONS}
+    if preset not in presets:
+        raise BiascheckError(
+            f"synthfaces preset {preset!r} is unknown; use one of {', '.join(presets)}"
+        )
+    return SynthFaces(split=split, image_size=image_size, correlations=presets[preset], **params)
+
+
+def _synthbirds(split: str, image_size: int, **params: Any) -> BiasDataset:
+    from pytest_biascheck.data.synth_birds import SynthBirds
+
+    return SynthBirds(split=split, image_size=image_size, **params)
+
+
+def _real(kind: str) -> DatasetFactory:
+    def build(path: str, split: str, image_size: int, **params: Any) -> BiasDataset:
+        from pytest_biascheck.data import real
+
+        loader = {
+            "celeba": real.CelebA,
+            "celebamask": real.CelebAMaskHQ,
+            "waterbirds": real.Waterbirds,
+        }[kind]
+        return loader(path, split=split, image_size=image_size, **params)
+
+    return build
+
+
+BUILTIN: dict[str, DatasetFactory] = {
+    "synthfaces": _synthfaces,
+    "synthbirds": _synthbirds,
+}
+REAL: dict[str, DatasetFactory] = {k: _real(k) for k in ("celeba", "celebamask", "waterbirds")}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
+    """Split a spec into (scheme, path or None, params); values are int, float, bool or str."""
+    scheme, _, rest = spec.partition(":")
+    if scheme in REAL:
+        return scheme, rest, {}
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise BiascheckError(
+                f"data spec {spec!r}: {item!r} is not key=value (e.g. synthfaces:n=2000)"
+            )
+        params[key.strip()] = _value(value.strip())
+    return scheme, None, params
+
+
+def open_data(
+    spec: str,
+    split: str = "test",
+    image_size: int = 64,
+    extra: Mapping[str, DatasetFactory] | None = None,
+) -> BiasDataset:
+    """Build the dataset a spec names; errors name the spec and the valid choices."""
+    registry = {**BUILTIN, **(extra or {})}
+    scheme, path, params = parse_spec(spec)
+    if scheme in REAL:
+        return REAL[scheme](path, split=split, image_size=image_size)
+    if scheme in registry:
+        params = {"split": split, "image_size": image_size, **params}
+        try:
+            return registry[scheme](**params)
+        except TypeError as exc:
+            raise BiascheckError(f"data spec {spec!r}: {exc}") from None
+        except ValueError as exc:
+            raise BiascheckError(f"data spec {spec!r}: {exc}") from None
+    if Path(spec).exists():
+        from pytest_biascheck.data.real import open_dataset
+
+        return open_dataset(spec, split=split, image_size=image_size)
+    names = sorted(registry) + sorted(f"{k}:PATH" for k in REAL)
+    close = difflib.get_close_matches(scheme, list(registry) + list(REAL), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise BiascheckError(
+        f"data spec {spec!r} is neither a dataset name nor an existing path; {hint}choose from {', '.join(names)}"
+    )
+
+
+def default_spec(attributes: tuple[str, ...]) -> str | None:
+    """The synthetic set that carries a model's attributes, so the bundled fixtures need no config."""
+    from pytest_biascheck.data.synth_faces import ATTRIBUTES
+
+    if set(attributes) <= set(ATTRIBUTES):
+        return "synthfaces"
+    if tuple(attributes) == ("Waterbird",):
+        return "synthbirds"
+    return None
+
+
+def _value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text

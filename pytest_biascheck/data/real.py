@@ -1,0 +1,600 @@
+"""Loaders for the real datasets' on-disk layouts: CelebA, CelebAMask-HQ, Waterbirds and CSV + folder.
+
+Text files are parsed and checked in ``__init__`` (a bad line is reported with its file and line
+number); images and masks are read lazily, one item at a time, and resized to ``image_size``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from pytest_biascheck.data.base import BiasDataset, Sample
+from pytest_biascheck.data.regions import PART_NAMES, REGION_NAMES, parts_to_regions
+from pytest_biascheck.data.synth_common import SPLITS
+from pytest_biascheck.errors import BiascheckError
+
+ImageSize = int | tuple[int, int]
+
+CELEBA_FILES = (
+    "img_align_celeba/",
+    "list_attr_celeba.txt",
+    "list_eval_partition.txt",
+    "list_landmarks_align_celeba.txt",
+)
+CELEBAMASK_HQ_FILES = (
+    "CelebA-HQ-img/",
+    "CelebAMask-HQ-attribute-anno.txt",
+    "CelebAMask-HQ-mask-anno/",
+)
+WATERBIRDS_COLUMNS = ("img_filename", "y", "split", "place")
+#: CelebAMask-HQ part masks are 512x512 and stored 2000 images to a folder.
+MASK_SIZE = (512, 512)
+MASKS_PER_FOLDER = 2000
+#: The Attention-IoU paper's random train/val split fractions for CelebAMask-HQ (the rest is test).
+HQ_SPLIT_FRACTIONS = (0.7, 0.15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whitespace-separated listing files (CelebA, CelebAMask-HQ)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A parsed listing file: image names, numeric columns and where each row sits in the file."""
+
+    path: Path
+    header: tuple[str, ...]
+    names: np.ndarray
+    values: np.ndarray
+    first_line: int
+
+    def where(self, row: int) -> str:
+        """``"<file> line <n>"`` for data row ``row``."""
+        return f"{self.path} line {self.first_line + int(row)}"
+
+    def field(self, row: int, column: int) -> str:
+        """The raw text of value ``column`` on data row ``row`` (for error messages only)."""
+        with open(self.path, "rb") as fh:
+            for _ in range(self.first_line - 1 + int(row)):
+                fh.readline()
+            return fh.readline().decode(errors="replace").split()[column + 1]
+
+    def check_values(self, allowed: Sequence[float] | None, expected: str) -> None:
+        """Raise on the first value outside ``allowed`` (None: any finite number)."""
+        bad = ~np.isfinite(self.values) if allowed is None else ~np.isin(self.values, allowed)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            column = self.header[col] if self.header else f"column {col + 2}"
+            raise BiascheckError(
+                f"{self.where(row)}: {column} is {self.field(row, col)!r}, expected {expected}"
+            )
+
+
+def _fields_per_line(raw: bytes) -> np.ndarray:
+    """Number of whitespace-separated fields on each line of ``raw`` (vectorised over bytes)."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if data.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    newline = data == 10
+    space = newline | (data == 32) | (data == 9) | (data == 13)
+    starts = ~space
+    starts[1:] &= space[:-1]
+    bounds = np.concatenate(([0], np.flatnonzero(newline[:-1]) + 1, [data.size]))
+    return np.diff(np.searchsorted(np.flatnonzero(starts), bounds))
+
+
+def _read_listing(path: Path, *, counted: bool, width: int | None = None, layout: str) -> _Listing:
+    """Parse ``name v1 v2 ...`` lines; ``counted`` files start with an image count and a name line.
+
+    ``width`` is the number of values per line (for counted files: the names on line 2).
+    """
+    if not path.is_file():
+        raise BiascheckError(f"{path} does not exist; {layout}")
+    raw = path.read_bytes()
+    head = raw.split(b"\n", 2) if counted else []
+    header: tuple[str, ...] = ()
+    first_line = 1
+    if counted:
+        count = head[0].split()
+        if len(count) != 1 or not count[0].isdigit():
+            found = head[0][:40].decode(errors="replace")
+            raise BiascheckError(f"{path} line 1: expected the number of images, found {found!r}")
+        header = tuple(head[1].decode().split()) if len(head) > 1 else ()
+        if not header:
+            raise BiascheckError(f"{path} line 2: expected the column names separated by spaces")
+        width = len(header) if width is None else width
+        if len(header) != width:
+            raise BiascheckError(
+                f"{path} line 2: expected {width} column names, found {len(header)}: {' '.join(header)}"
+            )
+        first_line = 3
+    fields = _fields_per_line(raw)[first_line - 1 :]
+    filled = np.flatnonzero(fields)
+    fields = fields[: filled[-1] + 1 if filled.size else 0]  # trailing blank lines are fine
+    bad = np.flatnonzero(fields != width + 1)
+    if bad.size:
+        raise BiascheckError(
+            f"{path} line {first_line + bad[0]}: expected {width + 1} fields (image name and "
+            f"{width} values), found {fields[bad[0]]}"
+        )
+    if counted and int(count[0]) != fields.size:
+        raise BiascheckError(
+            f"{path} line 1: the header says {int(count[0])} images but the file lists {fields.size}; "
+            "fix the count or restore the missing lines"
+        )
+    table = pd.read_csv(
+        io.BytesIO(raw),
+        sep=r"\s+",
+        header=None,
+        skiprows=first_line - 1,
+        names=range(width + 1),
+        dtype={0: str},
+        na_filter=False,
+        engine="c",
+    )
+    values = table.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+    names = table[0].to_numpy(str)
+    _check_unique(names, path, first_line)
+    return _Listing(path, header, names, values.reshape(len(names), width), first_line)
+
+
+def _check_unique(names: np.ndarray, path: Path, first_line: int) -> None:
+    """Raise on the first image listed twice."""
+    dup = np.flatnonzero(pd.Index(names).duplicated())
+    if dup.size:
+        raise BiascheckError(f"{path} line {first_line + dup[0]}: {names[dup[0]]} is listed twice")
+
+
+def _align(base: _Listing, other: _Listing) -> np.ndarray:
+    """Row of ``other`` for each row of ``base``; an error when the two files list different images."""
+    rows = pd.Index(other.names).get_indexer(base.names)
+    _check_listed(base, rows, other)
+    _check_listed(other, pd.Index(base.names).get_indexer(other.names), base)
+    return rows
+
+
+def _check_listed(listing: _Listing, rows: np.ndarray, other: _Listing) -> None:
+    """Raise on the first image of ``listing`` that ``other`` lacks (``rows`` < 0)."""
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        raise BiascheckError(
+            f"{listing.where(missing[0])}: {listing.names[missing[0]]} is not in {other.path}; "
+            "the two files must list the same images"
+        )
+
+
+def _select_columns(
+    available: Sequence[str], wanted: Sequence[str] | str | None, source: str
+) -> list[int]:
+    """Positions of ``wanted`` among ``available`` (all when None); unknown names suggest close ones."""
+    if wanted is None:
+        return list(range(len(available)))
+    wanted = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+    for name in wanted:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+            hint = (
+                f"did you mean {', '.join(close)}?" if close else f"it has {', '.join(available)}"
+            )
+            raise BiascheckError(f"{source}: no column {name!r}; {hint}")
+    return [list(available).index(name) for name in wanted]
+
+
+def _split_rows(codes: np.ndarray, split: str | None) -> np.ndarray:
+    """Rows whose split code (0/1/2 = train/val/test) is ``split``; all rows when ``split`` is None."""
+    if split is None:
+        return np.arange(len(codes))
+    if split not in SPLITS:
+        raise BiascheckError(f"split={split!r}: choose one of {', '.join(SPLITS)}, or None for all")
+    return np.flatnonzero(codes == SPLITS.index(split))
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV files (Waterbirds, CsvFolder)
+
+
+def _read_csv(path: Path, layout: str) -> pd.DataFrame:
+    """Every cell as stripped text; a line with more fields than the header is an error naming it.
+
+    The header is read as a data row so that pandas never turns an over-long first row into an index.
+    """
+    if not path.is_file():
+        raise BiascheckError(f"{path} does not exist; {layout}")
+    try:
+        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise BiascheckError(f"{path} is empty; {layout}") from None
+    except pd.errors.ParserError as err:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        detail = (
+            f" line {found[2]}: expected {found[1]} fields like the header, found {found[3]}"
+            if found
+            else f": {str(err).strip()}"
+        )
+        raise BiascheckError(f"{path}{detail}") from None
+    table = table.apply(lambda column: column.str.strip())
+    header = table.iloc[0].tolist()
+    repeated = pd.Index(header).duplicated()
+    if repeated.any():
+        raise BiascheckError(f"{path} line 1: column {header[repeated.argmax()]!r} appears twice")
+    return table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
+
+
+def _csv_column(frame: pd.DataFrame, name: str, path: Path, fix: str) -> pd.Series:
+    """Column ``name``, or an error naming the closest existing column."""
+    if name not in frame.columns:
+        close = difflib.get_close_matches(name, list(frame.columns), n=1, cutoff=0.0)
+        raise BiascheckError(
+            f"{path} line 1: no column {name!r} (closest: {close[0] if close else 'none'!r}); {fix}"
+        )
+    return frame[name]
+
+
+def _csv_binary(column: pd.Series, path: Path) -> np.ndarray:
+    """0/1, -1/1 or true/false text -> bool; an error names the first bad line."""
+    text = column.str.lower()
+    number = pd.to_numeric(text, errors="coerce").fillna(text.map({"true": 1.0, "false": 0.0}))
+    bad = np.flatnonzero(~number.isin((-1.0, 0.0, 1.0)).to_numpy())
+    if bad.size == 0 and (number == 0).any() and (number == -1).any():
+        bad = np.flatnonzero((number == -1).to_numpy())
+    if bad.size:
+        raise BiascheckError(
+            f"{path} line {bad[0] + 2}: {column.name} is {column.iloc[bad[0]]!r}; expected one binary "
+            "coding for the whole column: 0/1, -1/1 or true/false"
+        )
+    return (number == 1).to_numpy()
+
+
+def _csv_codes(column: pd.Series, path: Path) -> tuple[np.ndarray, tuple]:
+    """Integer codes of a group column, levels in sorted order (numeric when every value is a number)."""
+    empty = np.flatnonzero((column == "").to_numpy())
+    if empty.size:
+        raise BiascheckError(
+            f"{path} line {empty[0] + 2}: {column.name} is empty; give every row a value"
+        )
+    number = pd.to_numeric(column, errors="coerce")
+    codes, levels = pd.factorize(number if number.notna().all() else column, sort=True)
+    return codes.astype(np.int64), tuple(levels.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def _image_size(image_size: ImageSize) -> tuple[int, int]:
+    """``(h, w)`` from an int (square) or a pair."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise BiascheckError(
+            f"image_size={image_size!r}: give a positive int or an (height, width) pair"
+        )
+    return size
+
+
+def _open(path: Path, listed_at: str) -> Image.Image:
+    """Open an image file; a missing or unreadable one is an error naming it and its listing line."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise BiascheckError(
+            f"{path} does not exist ({listed_at}); restore it or remove that line"
+        ) from None
+    except OSError as err:
+        raise BiascheckError(
+            f"{path} cannot be read ({listed_at}): {err}; replace the file"
+        ) from None
+    return image
+
+
+class _ImageTable(BiasDataset):
+    """Shared item loading: image files named by a table, with per-row labels, groups and landmarks."""
+
+    def __init__(
+        self,
+        image_root: Path,
+        files: np.ndarray,
+        listing: Path,
+        lines: np.ndarray,
+        image_size: ImageSize,
+        labels: np.ndarray,
+        groups: np.ndarray | None = None,
+        landmarks: np.ndarray | None = None,
+    ) -> None:
+        self.image_size = _image_size(image_size)
+        self._image_root = image_root
+        self._files = files
+        self._listing = listing
+        self._lines = lines
+        self._labels = torch.as_tensor(labels, dtype=torch.float32)
+        self._groups = None if groups is None else torch.as_tensor(groups, dtype=torch.int64)
+        self._landmarks = (
+            None if landmarks is None else torch.as_tensor(landmarks, dtype=torch.float32)
+        )
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def image_path(self, index: int) -> Path:
+        """File of item ``index`` (joins per-image results back to the dataset's own metadata)."""
+        return self._image_root / self._files[index]
+
+    def listed_at(self, index: int) -> str:
+        """``"<listing file> line <n>"`` where item ``index`` is described."""
+        return f"{self._listing} line {self._lines[index]}"
+
+    def __getitem__(self, index: int) -> Sample:
+        index = range(len(self))[index]
+        image = _open(self.image_path(index), self.listed_at(index)).convert("RGB")
+        pixels = TF.pil_to_tensor(image).float().div_(255)
+        resized = TF.resize(
+            pixels, list(self.image_size), InterpolationMode.BILINEAR, antialias=True
+        )
+        sample: Sample = {
+            "image": resized.clamp_(0, 1),
+            "labels": self._labels[index].clone(),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        if self._groups is not None:
+            sample["groups"] = self._groups[index].clone()
+        if self._landmarks is not None:
+            scale = torch.tensor(
+                [self.image_size[1] / image.width, self.image_size[0] / image.height]
+            )
+            sample["landmarks"] = self._landmarks[index] * scale
+        return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# The four layouts
+
+
+class CelebA(_ImageTable):
+    """Aligned CelebA: 178x218 images, 40 {-1, 1} attributes, official partition, 5 landmarks."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "test",
+        image_size: ImageSize = 64,
+        attributes: Sequence[str] | None = None,
+    ) -> None:
+        root = Path(root)
+        layout = f"a CelebA root holds {', '.join(CELEBA_FILES)}"
+        attrs = _read_listing(root / CELEBA_FILES[1], counted=True, layout=layout)
+        attrs.check_values((-1, 1), "-1 or 1")
+        partition = _read_listing(root / CELEBA_FILES[2], counted=False, width=1, layout=layout)
+        partition.check_values((0, 1, 2), "0, 1 or 2 (train, val, test)")
+        marks = _read_listing(root / CELEBA_FILES[3], counted=True, width=10, layout=layout)
+        marks.check_values(None, "a number")
+        if not (root / CELEBA_FILES[0]).is_dir():
+            raise BiascheckError(f"{root / CELEBA_FILES[0]} is not a folder; {layout}")
+        keep = _split_rows(partition.values[_align(attrs, partition), 0], split)
+        columns = _select_columns(attrs.header, attributes, f"{attrs.path} line 2")
+        self.attributes = tuple(attrs.header[c] for c in columns)
+        super().__init__(
+            root / CELEBA_FILES[0],
+            attrs.names[keep],
+            attrs.path,
+            attrs.first_line + keep,
+            image_size,
+            labels=attrs.values[keep][:, columns] == 1,
+            landmarks=marks.values[_align(attrs, marks)[keep]].reshape(-1, 5, 2),
+        )
+
+
+class CelebAMaskHQ(_ImageTable):
+    """CelebAMask-HQ: 1024x1024 images, 40 attributes, per-part 512x512 masks grouped into regions.
+
+    The split is the Attention-IoU paper's: a seeded random 70/15/15 permutation of the listed images
+    (``numpy.random.RandomState(split_seed).permutation``, as the authors' code draws it).
+    """
+
+    region_names = REGION_NAMES
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "test",
+        image_size: ImageSize = 64,
+        attributes: Sequence[str] | None = None,
+        split_seed: int = 0,
+    ) -> None:
+        root = Path(root)
+        layout = f"a CelebAMask-HQ root holds {', '.join(CELEBAMASK_HQ_FILES)}"
+        attrs = _read_listing(root / CELEBAMASK_HQ_FILES[1], counted=True, layout=layout)
+        attrs.check_values((-1, 1), "-1 or 1")
+        for folder in (CELEBAMASK_HQ_FILES[0], CELEBAMASK_HQ_FILES[2]):
+            if not (root / folder).is_dir():
+                raise BiascheckError(f"{root / folder} is not a folder; {layout}")
+        named = pd.Series(attrs.names).str.fullmatch(r"\d+\.jpg").to_numpy()
+        if not named.all():
+            row = int(np.argmin(named))
+            raise BiascheckError(
+                f"{attrs.where(row)}: image name {str(attrs.names[row])!r} is not <number>.jpg"
+            )
+        n = len(attrs.names)
+        order = np.random.RandomState(split_seed).permutation(n)
+        ends = (int(n * HQ_SPLIT_FRACTIONS[0]), int(n * sum(HQ_SPLIT_FRACTIONS)))
+        codes = np.empty(n, dtype=np.int64)
+        codes[order] = np.searchsorted(ends, np.arange(n), side="right")
+        keep = _split_rows(codes, split)
+        columns = _select_columns(attrs.header, attributes, f"{attrs.path} line 2")
+        self.attributes = tuple(attrs.header[c] for c in columns)
+        self._mask_root = root / CELEBAMASK_HQ_FILES[2]
+        self._ids = pd.Series(attrs.names[keep]).str[:-4].astype(np.int64).to_numpy()
+        super().__init__(
+            root / CELEBAMASK_HQ_FILES[0],
+            attrs.names[keep],
+            attrs.path,
+            attrs.first_line + keep,
+            image_size,
+            labels=attrs.values[keep][:, columns] == 1,
+        )
+
+    def part_map(self, index: int) -> torch.Tensor:
+        """Full-size int64 ``[512, 512]`` part label map of item ``index``; later parts overwrite earlier."""
+        image_id = int(self._ids[index])
+        folder = self._mask_root / str(image_id // MASKS_PER_FOLDER)
+        label = np.zeros(MASK_SIZE[::-1], dtype=np.int64)
+        found = False
+        for part, name in enumerate(PART_NAMES[1:], start=1):
+            path = folder / f"{image_id:05d}_{name}.png"
+            if not path.is_file():
+                continue
+            mask = _open(path, f"part mask of {self.listed_at(index)}")
+            if mask.size != MASK_SIZE:
+                raise BiascheckError(
+                    f"{path} is {mask.width}x{mask.height}; CelebAMask-HQ part masks are "
+                    f"{MASK_SIZE[0]}x{MASK_SIZE[1]}, replace it with the original file"
+                )
+            label[np.asarray(mask.convert("L")) > 127] = part
+            found = True
+        if not found:
+            raise BiascheckError(
+                f"{folder} has no part masks for image {image_id} ({self.listed_at(index)}); expected "
+                f"files like {folder / f'{image_id:05d}_skin.png'}"
+            )
+        return torch.from_numpy(label)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = super().__getitem__(index)
+        parts = TF.resize(
+            self.part_map(int(sample["index"]))[None],
+            list(self.image_size),
+            InterpolationMode.NEAREST_EXACT,
+        )[0]
+        sample["parts"] = parts
+        sample["masks"] = parts_to_regions(parts)
+        return sample
+
+
+class Waterbirds(_ImageTable):
+    """Waterbirds (``metadata.csv``): label Waterbird (y), protected group place (1 = water)."""
+
+    attributes = ("Waterbird",)
+    group_names = ("place",)
+
+    def __init__(
+        self, root: str | os.PathLike, split: str | None = "test", image_size: ImageSize = 64
+    ) -> None:
+        root = Path(root)
+        path = root / "metadata.csv"
+        fix = f"Waterbirds metadata needs the columns {', '.join(WATERBIRDS_COLUMNS)}"
+        frame = _read_csv(path, f"a Waterbirds root holds metadata.csv ({fix}) and the images")
+        files, y, split_text, place = (_csv_column(frame, c, path, fix) for c in WATERBIRDS_COLUMNS)
+        codes = pd.to_numeric(split_text, errors="coerce")
+        bad = np.flatnonzero(~codes.isin((0, 1, 2)).to_numpy())
+        if bad.size:
+            raise BiascheckError(
+                f"{path} line {bad[0] + 2}: split is {split_text.iloc[bad[0]]!r}, expected 0, 1 or 2 "
+                "(train, val, test)"
+            )
+        keep = _split_rows(codes.to_numpy(), split)
+        self.group_levels: dict[str, tuple] = {"place": (0, 1)}
+        super().__init__(
+            root,
+            files.to_numpy(str)[keep],
+            path,
+            keep + 2,
+            image_size,
+            labels=_csv_binary(y, path)[keep, None],
+            groups=_csv_binary(place, path)[keep, None],
+        )
+
+
+class CsvFolder(_ImageTable):
+    """A generic CSV: an image-path column, binary attribute columns, optional group and split columns."""
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        image_root: str | os.PathLike,
+        image_size: ImageSize = 64,
+        attributes: Sequence[str] | str | None = None,
+        group_columns: Sequence[str] = (),
+        split: str | None = None,
+        image_column: str = "image",
+        split_column: str = "split",
+    ) -> None:
+        path = Path(csv_path)
+        frame = _read_csv(path, "give the CSV file of image paths and labels")
+        files = _csv_column(frame, image_column, path, "pass image_column=<the image path column>")
+        group_columns = (group_columns,) if isinstance(group_columns, str) else tuple(group_columns)
+        if attributes is None:
+            reserved = {image_column, split_column, *group_columns}
+            attributes = [c for c in frame.columns if c not in reserved]
+        attributes = (attributes,) if isinstance(attributes, str) else tuple(attributes)
+        if not attributes:
+            raise BiascheckError(
+                f"{path} line 1: no attribute columns; add at least one 0/1 column"
+            )
+        fix = "pass attributes=/group_columns= with the CSV's column names"
+        labels = np.stack(
+            [_csv_binary(_csv_column(frame, a, path, fix), path) for a in attributes], 1
+        )
+        coded = [_csv_codes(_csv_column(frame, g, path, fix), path) for g in group_columns]
+        self.group_levels: dict[str, tuple] = {
+            g: levels for g, (_, levels) in zip(group_columns, coded, strict=True)
+        }
+        keep = np.arange(len(frame))
+        if split is not None:
+            values = _csv_column(frame, split_column, path, "pass split_column= or split=None")
+            accepted = {split, str(SPLITS.index(split))} if split in SPLITS else {split}
+            keep = np.flatnonzero(values.isin(accepted).to_numpy())
+            if keep.size == 0:
+                raise BiascheckError(
+                    f"{path}: no row has {split_column}={split!r}; the column holds "
+                    f"{', '.join(sorted(values.unique())[:10])}"
+                )
+        self.attributes = attributes
+        self.group_names = group_columns
+        groups = np.stack([codes for codes, _ in coded], 1)[keep] if coded else None
+        super().__init__(
+            Path(image_root),
+            files.to_numpy(str)[keep],
+            path,
+            keep + 2,
+            image_size,
+            labels=labels[keep],
+            groups=groups,
+        )
+
+
+def open_dataset(path: str | os.PathLike, **kwargs) -> BiasDataset:
+    """The loader for a folder in CelebA, CelebAMask-HQ or Waterbirds layout, or for a CSV file.
+
+    A CSV's image paths are relative to its folder unless ``image_root`` is given; a CSV without a
+    split column is used whole, whatever ``split`` asks for.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        kwargs.setdefault("image_root", path.parent)
+        header = pd.read_csv(path, nrows=0).columns.str.strip()
+        if kwargs.get("split_column", "split") not in header:
+            kwargs["split"] = None
+        return CsvFolder(path, **kwargs)
+    for marker, loader in (
+        (CELEBA_FILES[1], CelebA),
+        (CELEBAMASK_HQ_FILES[1], CelebAMaskHQ),
+        ("metadata.csv", Waterbirds),
+    ):
+        if (path / marker).is_file():
+            return loader(path, **kwargs)
+    raise BiascheckError(
+        f"{path} is not a known dataset layout; expected a folder with {CELEBA_FILES[1]} (CelebA), "
+        f"{CELEBAMASK_HQ_FILES[1]} (CelebAMask-HQ) or metadata.csv (Waterbirds), or a .csv file"
+    )

@@ -1,0 +1,1 @@
+"""Tests for pytest_biascheck/data (a package so test module names may repeat across folders)."""

@@ -1,0 +1,65 @@
+"""Percentile-bootstrap confidence intervals over images, vectorised and seeded.
+
+Resamples are drawn as an index matrix from a seeded ``torch.Generator`` in row chunks (to bound
+memory) and turned into per-resample counts, so every column of a ``[n, K]`` value matrix (every
+attribute, every label x group cell) shares the same resamples and is computed with one matrix
+product. Cells are handled as the Attention-IoU authors do: the whole set of images is resampled and
+a cell's statistic is the mean over its members in the resample (resamples where a cell is empty
+are left out of its interval).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+#: Upper bound on the elements of one chunk of the resample index matrix (and of its counts).
+CHUNK_ELEMENTS = 1 << 21
+
+
+def bootstrap_indices(n: int, n_resamples: int, seed: int = 0) -> Iterator[Tensor]:
+    """The resample index matrix ``[n_resamples, n]`` in row chunks, drawn from ``seed`` only."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = max(1, CHUNK_ELEMENTS // max(n, 1))
+    for start in range(0, n_resamples, rows):
+        size = min(rows, n_resamples - start)
+        yield torch.randint(n, (size, n), generator=generator)
+
+
+def bootstrap_ci(
+    values: Tensor,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, low, high) of the mean of ``values`` ``[n]`` or ``[n, K]`` with a percentile interval.
+
+    ``weights`` (0/1, same shape) restricts each column to its member images; a column's mean is then
+    taken over members only. Results are float64, shaped like one row of ``values``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if values.ndim not in (1, 2) or values.shape[0] == 0:
+        raise ValueError("bootstrap_ci needs at least one value, as [n] or [n, K]")
+    column = values.ndim == 1
+    x = values.to(torch.float64).reshape(values.shape[0], -1)
+    w = torch.ones_like(x) if weights is None else weights.to(torch.float64).reshape(x.shape)
+    n = x.shape[0]
+    wx = w * x
+    mean = wx.sum(0) / w.sum(0)
+    stats = []
+    for index in bootstrap_indices(n, n_resamples, seed):
+        counts = torch.zeros(index.shape[0], n, dtype=torch.float64)
+        counts.scatter_add_(1, index, torch.ones_like(counts))
+        stats.append((counts @ wx) / (counts @ w))
+    tail = (1 - confidence) / 2
+    levels = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    low, high = torch.nanquantile(torch.cat(stats), levels, dim=0)
+    if column:
+        return mean[0], low[0], high[0]
+    return mean, low, high

@@ -1,0 +1,117 @@
+"""Group rates against fairlearn (MetricFrame, equalized odds, demographic parity) and worst/mean
+group accuracy against a hand-built Waterbirds-style case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    false_negative_rate,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score
+
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.metrics.group import GroupRates
+
+N = 400
+FAIRLEARN = {
+    "accuracy": accuracy_score,
+    "tpr": true_positive_rate,
+    "fnr": false_negative_rate,
+    "fpr": false_positive_rate,
+    "selection_rate": selection_rate,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, 2, (N, 3), generator=g)
+    flip = torch.rand(N, 3, generator=g) < torch.tensor([0.1, 0.3, 0.45])
+    groups = {"Male": torch.randint(0, 2, (N,), generator=g)}
+    groups["age"] = torch.randint(0, 4, (N,), generator=g)  # four values
+    metric = GroupRates(["a", "b", "c"], {"Male": 2, "age": 4})
+    predictions = labels ^ flip.long()
+    for start in range(0, N, 37):
+        part = slice(start, start + 37)
+        metric.update(labels[part], predictions[part], {k: v[part] for k, v in groups.items()})
+    return labels.numpy(), predictions.numpy(), {k: v.numpy() for k, v in groups.items()}, metric
+
+
+@pytest.mark.parametrize("group", ["Male", "age"])
+def test_rates_by_group_match_fairlearn_metric_frame(data, group) -> None:
+    labels, predictions, groups, metric = data
+    tables = metric.compute()
+    for j, attribute in enumerate(["a", "b", "c"]):
+        frame = MetricFrame(
+            metrics=FAIRLEARN,
+            y_true=labels[:, j],
+            y_pred=predictions[:, j],
+            sensitive_features=groups[group],
+        )
+        ours = tables["groups"]
+        ours = ours[(ours["attribute"] == attribute) & (ours["group"] == group)].set_index("value")
+        for name in FAIRLEARN:
+            assert ours[name].to_numpy() == pytest.approx(frame.by_group[name].to_numpy())
+            overall = tables["overall"].set_index("attribute").loc[attribute, name]
+            assert overall == pytest.approx(frame.overall[name])
+
+
+@pytest.mark.parametrize("group", ["Male", "age"])
+def test_differences_match_fairlearn(data, group) -> None:
+    labels, predictions, groups, metric = data
+    summary = metric.compute()["summary"].set_index(["attribute", "group"])
+    for j, attribute in enumerate(["a", "b", "c"]):
+        y, p, s = labels[:, j], predictions[:, j], groups[group]
+        row = summary.loc[(attribute, group)]
+        assert row["equalized_odds_difference"] == pytest.approx(
+            equalized_odds_difference(y, p, sensitive_features=s)
+        )
+        assert row["demographic_parity_difference"] == pytest.approx(
+            demographic_parity_difference(y, p, sensitive_features=s)
+        )
+        for name, fn in (("accuracy", accuracy_score), ("fnr", false_negative_rate)):
+            by_group = MetricFrame(metrics=fn, y_true=y, y_pred=p, sensitive_features=s)
+            assert row[f"{name}_gap"] == pytest.approx(by_group.difference())
+
+
+def test_worst_and_mean_group_accuracy_over_label_by_group_cells() -> None:
+    # Waterbirds-style: label x place cells with 10 images each and 9, 8, 5, 2 correct.
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    place = torch.tensor(([0] * 10 + [1] * 10) * 2)
+    correct = torch.tensor(
+        [1] * 9 + [0] + [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5 + [1] * 2 + [0] * 8
+    )
+    predictions = torch.where(correct.bool(), labels, 1 - labels)
+    metric = GroupRates(["landbird"], {"place": 2})
+    metric.update(labels[:, None], predictions[:, None], {"place": place})
+    tables = metric.compute()
+    row = tables["summary"].iloc[0]
+    assert row["worst_group_accuracy"] == pytest.approx(0.2)
+    assert row["mean_group_accuracy"] == pytest.approx((0.9 + 0.8 + 0.5 + 0.2) / 4)
+    cells = tables["cells"].set_index(["label", "value"])["accuracy"]
+    assert cells.loc[(1, 0)] == pytest.approx(0.5) and cells.loc[(0, 1)] == pytest.approx(0.8)
+    # Accuracy per place: (9 + 5) / 20 and (8 + 2) / 20.
+    assert row["accuracy_gap"] == pytest.approx(0.7 - 0.5)
+
+
+def test_unseen_values_are_left_out_and_out_of_range_values_refused() -> None:
+    metric = GroupRates(["a"], {"place": 3})
+    metric.update(
+        torch.tensor([[0], [1]]), torch.tensor([[0], [0]]), {"place": torch.tensor([0, 1])}
+    )
+    tables = metric.compute()
+    assert tables["groups"]["value"].tolist() == [0, 1]
+    assert not np.isnan(tables["summary"]["accuracy_gap"].iloc[0])
+    with pytest.raises(BiascheckError, match=r"outside 0\.\.2") as error:
+        metric.update(torch.tensor([[0]]), torch.tensor([[0]]), {"place": torch.tensor([5])})
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        metric.update(torch.tensor([[0.5]]), torch.tensor([[0]]), {"place": torch.tensor([0])})

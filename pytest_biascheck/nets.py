@@ -61,7 +61,9 @@ class SmallResNet(nn.Module):
         if head == "linear":
             self.fc: nn.Module = nn.Linear(w[3], num_outputs)
         else:
-            self.fc = nn.Sequential(nn.Linear(w[3], hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
+            self.fc = nn.Sequential(
+                nn.Linear(w[3], hidden), nn.ReLU(), nn.Linear(hidden, num_outputs)
+            )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate (pooled) features, the input of the head."""

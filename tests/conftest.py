@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny checkpoints written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_biascheck.model import ModelSpec, save_checkpoint
+from pytest_biascheck.nets import SmallResNet
+
+TINY_ATTRIBUTES = ("Smiling", "Male", "Young")
+
+
+def make_tiny(path: Path, seed: int = 0) -> Path:
+    """A small random SmallResNet over three SynthFaces attributes, saved as a checkpoint."""
+    torch.manual_seed(seed)
+    model = SmallResNet(len(TINY_ATTRIBUTES), widths=(8, 8, 8, 8)).eval()
+    spec = ModelSpec(attributes=TINY_ATTRIBUTES, input_size=(3, 32, 32), target_layer="layer4")
+    return save_checkpoint(model, spec, path, "biascheck.small_resnet", {"widths": [8, 8, 8, 8]})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny.pt")

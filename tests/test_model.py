@@ -1,0 +1,255 @@
+"""Checkpoint format: round trips, and every refusal with its one-line message."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.model import (
+    ModelSpec,
+    load_checkpoint,
+    register_architecture,
+    save_checkpoint,
+    save_torchscript,
+)
+from pytest_biascheck.nets import SmallResNet
+
+SPEC = ModelSpec(attributes=("a", "b", "c"), input_size=(3, 32, 32), target_layer="layer4")
+
+
+class Evil:
+    """A pickle payload that creates a marker file when unpickled (standing in for arbitrary code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("arch", "build"),
+    [
+        ("torchvision.resnet18", lambda: torchvision.models.resnet18(num_classes=3)),
+        ("biascheck.small_resnet", lambda: SmallResNet(3, widths=(8, 8, 8, 8))),
+    ],
+)
+def test_round_trip_gives_identical_outputs(tmp_path, arch, build):
+    torch.manual_seed(0)
+    model = build().eval()
+    kwargs = {"widths": [8, 8, 8, 8]} if arch.startswith("biascheck") else {}
+    path = save_checkpoint(model, SPEC, tmp_path / "m.pt", arch, kwargs, {"note": "test"})
+    loaded = load_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.module(x))
+    assert loaded.spec == SPEC
+    assert loaded.provenance == {"note": "test"}
+    assert len(loaded.sha256) == 64
+    assert not loaded.module.training
+
+
+def test_torchscript_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
+    loaded = load_checkpoint(save_torchscript(model, SPEC, tmp_path / "m.ts"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded.module(x), atol=1e-6)
+    assert loaded.spec == SPEC and loaded.arch == "torchscript"
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    path = save_checkpoint(
+        SmallResNet(3, widths=(8, 8, 8, 8)),
+        SPEC,
+        tmp_path / "m.pt",
+        "biascheck.small_resnet",
+        {"widths": [8] * 4},
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    assert zipfile.is_zipfile(path)
+
+
+def test_malicious_pickle_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save(Evil(marker), path)
+    with pytest.raises(BiascheckError) as exc:
+        load_checkpoint(path)
+    assert not marker.exists()
+    message = _one_line(exc)
+    assert "evil.pt" in message and "--biascheck-trust-pickle" in message
+
+
+def test_checkpoint_dict_hiding_code_never_runs(tmp_path, tiny_checkpoint):
+    marker = tmp_path / "pwned"
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["provenance"] = {"x": Evil(marker)}
+    path = tmp_path / "hidden.pt"
+    torch.save(payload, path)
+    with pytest.raises(BiascheckError, match="could run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_trusted_pickled_module_loads_with_spec_from_config(tmp_path):
+    torch.manual_seed(0)
+    model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
+    path = tmp_path / "module.pt"
+    torch.save(model, path)
+    with pytest.raises(BiascheckError, match="--biascheck-trust-pickle"):
+        load_checkpoint(path)
+    with pytest.raises(
+        BiascheckError, match=r"set attributes under \[tool.biascheck.models.module\]"
+    ):
+        load_checkpoint(path, trust_pickle=True)
+    loaded = load_checkpoint(path, trust_pickle=True, spec_overrides=SPEC.to_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.module(x))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _payload(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _resave(payload: dict, path: Path) -> Path:
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p, ck: p / "absent.pt", "does not exist"),
+        (lambda p, ck: _write(p / "empty.pt", b""), "is empty"),
+        (lambda p, ck: _write(p / "cut.pt", ck.read_bytes()[:2000]), "not a torch checkpoint"),
+        (lambda p, ck: _write(p / "text.pt", b"hello"), "not a torch checkpoint"),
+        (lambda p, ck: _resave(_payload(ck)["state_dict"], p / "bare.pt"), "bare state_dict"),
+        (
+            lambda p, ck: _resave(torch.zeros(3), p / "tensor.pt"),
+            "a Tensor, not a biascheck checkpoint",
+        ),
+        (
+            lambda p, ck: _resave({**_payload(ck), "format": "other/9"}, p / "fmt.pt"),
+            "has format 'other/9'",
+        ),
+        (
+            lambda p, ck: _resave(
+                {**_payload(ck), "arch": "biascheck.small_resnett"}, p / "arch.pt"
+            ),
+            "did you mean biascheck.small_resnet",
+        ),
+        (
+            lambda p, ck: _resave({**_payload(ck), "arch": "evil.module:Net"}, p / "imp.pt"),
+            "allow_imports",
+        ),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "truncated",
+        "not-zip",
+        "bare-state-dict",
+        "tensor",
+        "format",
+        "unknown-arch",
+        "import-path",
+    ],
+)
+def test_refusals_name_the_file_and_the_fix(tmp_path, tiny_checkpoint, make, expected):
+    path = make(tmp_path, tiny_checkpoint)
+    with pytest.raises(BiascheckError) as exc:
+        load_checkpoint(path)
+    message = _one_line(exc)
+    assert expected in message
+    assert path.name in message or "architecture" in message
+
+
+def test_state_dict_mismatches_are_listed(tmp_path, tiny_checkpoint):
+    payload = _payload(tiny_checkpoint)
+    sd = payload["state_dict"]
+    sd.pop("stem.0.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["fc.weight"] = torch.zeros(3, 9)
+    with pytest.raises(BiascheckError) as exc:
+        load_checkpoint(_resave(payload, tmp_path / "mismatch.pt"))
+    message = _one_line(exc)
+    assert "missing stem.0.weight" in message
+    assert "unexpected extra.weight" in message
+    assert "fc.weight [3, 9] vs [3, 8]" in message
+
+
+def test_nan_weights_are_refused(tmp_path, tiny_checkpoint):
+    payload = _payload(tiny_checkpoint)
+    payload["state_dict"]["fc.bias"][1] = float("nan")
+    with pytest.raises(BiascheckError, match=r"NaN/Inf weights in fc.bias"):
+        load_checkpoint(_resave(payload, tmp_path / "nan.pt"))
+
+
+def test_attribute_count_must_match_outputs(tmp_path, tiny_checkpoint):
+    payload = _payload(tiny_checkpoint)
+    payload["task"]["attributes"] = ["a", "b"]
+    payload["arch_kwargs"]["num_outputs"] = 3
+    payload["arch_kwargs"] = {"widths": [8, 8, 8, 8]}
+    register_architecture("test.three_outputs", lambda n, **kw: SmallResNet(3, **kw))
+    payload["arch"] = "test.three_outputs"
+    with pytest.raises(
+        BiascheckError, match=r"outputs shape \[1, 3\] but its task names 2 attributes"
+    ):
+        load_checkpoint(_resave(payload, tmp_path / "count.pt"))
+
+
+def test_unknown_target_layer_lists_close_names(tmp_path, tiny_checkpoint):
+    payload = _payload(tiny_checkpoint)
+    payload["task"]["target_layer"] = "layer5"
+    with pytest.raises(BiascheckError) as exc:
+        load_checkpoint(_resave(payload, tmp_path / "layer.pt"))
+    message = _one_line(exc)
+    assert "'layer5' does not exist" in message and "layer4" in message
+
+
+def test_plugin_architectures_and_allowed_imports_load(tmp_path):
+    torch.manual_seed(0)
+    model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
+    path = save_checkpoint(model, SPEC, tmp_path / "p.pt", "myplugin.net", {"widths": [8, 8, 8, 8]})
+    loaded = load_checkpoint(path, architectures={"myplugin.net": SmallResNet})
+    assert loaded.arch == "myplugin.net"
+    path = save_checkpoint(
+        model,
+        SPEC,
+        tmp_path / "i.pt",
+        "pytest_biascheck.nets:SmallResNet",
+        {"widths": [8, 8, 8, 8]},
+    )
+    loaded = load_checkpoint(path, allow_imports=["pytest_biascheck.nets:SmallResNet"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.module(x))
+
+
+def test_spec_validation_messages():
+    with pytest.raises(ValueError, match="duplicate"):
+        ModelSpec(attributes=("a", "a"))
+    with pytest.raises(ValueError, match="one per channel"):
+        ModelSpec(attributes=("a",), mean=(0.5,))
+    with pytest.raises(ValueError, match="head must be one of"):
+        ModelSpec(attributes=("a",), head="softmax")
+    assert ModelSpec.from_dict(SPEC.to_dict()) == SPEC

@@ -1,0 +1,141 @@
+"""The pytest plugin end to end (pytester): options, usage errors, item sets, selection, hooks."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import make_tiny
+
+DATA = "--biascheck-data=synthfaces:n=64"
+
+
+@pytest.fixture
+def models(pytester: pytest.Pytester, tiny_checkpoint):
+    shutil.copy(tiny_checkpoint, pytester.path / "alpha.pt")
+    make_tiny(pytester.path / "beta.pt", seed=1)
+    return ["alpha.pt", "beta.pt"]
+
+
+def test_help_shows_the_biascheck_group(pytester: pytest.Pytester):
+    result = pytester.runpytest("--help")
+    text = result.stdout.str()
+    assert "bias checks of vision models (biascheck)" in text
+    for option in ("--biascheck=PATH", "--biascheck-data=SPEC", "--biascheck-config=FILE", "--biascheck-report=DIR",
+                   "--biascheck-baseline=FILE", "--biascheck-device=DEVICE", "--biascheck-batch-size=N",
+                   "--biascheck-trust-pickle"):  # fmt: skip
+        assert option in text
+
+
+def test_missing_model_is_a_one_line_usage_error(pytester: pytest.Pytester):
+    result = pytester.runpytest("--biascheck", "missing.pt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if "missing.pt" in line]
+    assert errors == [
+        "ERROR: model file missing.pt does not exist; check the path given to --biascheck"
+    ]
+
+
+def test_malicious_model_is_a_usage_error_and_never_runs(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        make_evil="""
+        import torch
+        class Evil:
+            def __reduce__(self):
+                return (open, ("pwned", "w"))
+        torch.save(Evil(), "evil.pt")
+        """
+    )
+    pytester.runpython(pytester.path / "make_evil.py")
+    result = pytester.runpytest("--biascheck", "evil.pt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: model file evil.pt holds pickled Python objects that could run code*"]
+    )
+    assert not (pytester.path / "pwned").exists()
+
+
+def test_each_model_gets_its_own_items(pytester: pytest.Pytester, models):
+    result = pytester.runpytest("--collect-only", "-q", *[f"--biascheck={m}" for m in models], DATA)
+    ids = [line for line in result.stdout.lines if "::" in line]
+    for model in models:
+        assert sorted(i for i in ids if i.startswith(f"{model}::")) == [
+            f"{model}::accuracy[{a}]" for a in ("Male", "Smiling", "Young")
+        ]
+    assert len(ids) == 6
+
+
+def test_k_and_m_select_check_items(pytester: pytest.Pytester, models):
+    result = pytester.runpytest(
+        "--collect-only", "-q", f"--biascheck={models[0]}", DATA, "-k", "Smiling"
+    )
+    assert [line for line in result.stdout.lines if "::" in line] == ["alpha.pt::accuracy[Smiling]"]
+    result = pytester.runpytest(
+        "--collect-only", "-q", f"--biascheck={models[0]}", DATA, "-m", "accuracy and not biascheck"
+    )
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytest.Pytester, models):
+    pytester.makefile(".toml", biascheck="[thresholds]\naccuracy = 0.99\n")
+    result = pytester.runpytest(
+        f"--biascheck={models[0]}", DATA, "-k", "Smiling", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*accuracy of Smiling: 0.* does not meet >= 0.990",
+            "*value      0.*(95% CI 0.*-0.*, n=64 images)",
+            "*threshold  >= 0.990*",
+            "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt --attribute Smiling",
+            "*biascheck summary*",
+            "alpha.pt::accuracy?Smiling?  0.*>= 0.990*FAILED",
+        ]
+    )
+
+
+def test_passing_checks_exit_zero(pytester: pytest.Pytester, models):
+    pytester.makefile(".toml", biascheck="[thresholds]\naccuracy = 0.0\n")
+    result = pytester.runpytest(f"--biascheck={models[0]}", DATA, "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["alpha.pt::accuracy?Male? PASSED*"])
+
+
+def test_conftest_hook_adds_a_check(pytester: pytest.Pytester, models):
+    pytester.makeconftest(
+        """
+        from pytest_biascheck.checks import Check, Measurement, Target
+
+        def positive_rate(results, target, settings):
+            rate = float((results.column("z", target.attribute) > 0).mean())
+            return Measurement(rate, rate, rate, len(results.frame))
+
+        def pytest_biascheck_checks():
+            return [Check("positive_rate", "max", 1.0, "share predicted positive", "retrain",
+                          lambda scope: [Target(a) for a in scope.attributes], positive_rate)]
+        """
+    )
+    result = pytester.runpytest(f"--biascheck={models[0]}", DATA, "-m", "positive_rate", "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["alpha.pt::positive_rate?Smiling? PASSED*"])
+
+
+def test_unknown_threshold_key_is_a_usage_error(pytester: pytest.Pytester, models):
+    pytester.makefile(".toml", biascheck="[thresholds]\naccuray = 0.5\n")
+    result = pytester.runpytest(f"--biascheck={models[0]}", DATA)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: *unknown key 'thresholds.accuray'; did you mean 'accuracy'?"]
+    )
+
+
+def test_only_checks_run_unless_test_paths_are_named(pytester: pytest.Pytester, models):
+    pytester.makepyfile(test_own="def test_own():\n    assert True\n")
+    result = pytester.runpytest("--collect-only", "-q", f"--biascheck={models[0]}", DATA)
+    assert not any("test_own" in line for line in result.stdout.lines)
+    result = pytester.runpytest(
+        "--collect-only", "-q", f"--biascheck={models[0]}", DATA, "test_own.py"
+    )
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert "test_own.py::test_own" in ids and "alpha.pt::accuracy[Male]" in ids

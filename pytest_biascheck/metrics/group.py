@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pytest_biascheck.metrics.base import Accumulator
+from pytest_biascheck.metrics.bootstrap import bootstrap_indices
 from pytest_biascheck.metrics.inputs import (
     as_binary,
     check_levels,
@@ -133,31 +134,78 @@ class GroupRates(Accumulator):
             ),
         }
         tables["cells"] = tables["cells"][tables["cells"]["n"] > 0]
-        tables["summary"] = self._summary(per_level, cell_accuracy)
+        tables["summary"] = self._summary()
         for name in ("overall", "groups", "cells"):
             tables[name] = tables[name].reset_index(drop=True).astype({"n": np.int64})
         return tables
 
-    def _summary(self, per_level: dict[str, Tensor], cell_accuracy: Tensor) -> pd.DataFrame:
+    def _summary(self) -> pd.DataFrame:
         """Worst/mean-group accuracy, gaps and differences per attribute and group."""
         columns: dict[str, list] = {key: [] for key in SUMMARY}
-        start = 0
-        for name, count in self.groups.items():  # one slice per protected attribute
-            part = slice(start, start + count)
-            start += count
-            cells = cell_accuracy[:, part].flatten(1)
-            gap = {k: _spread(per_level[k][:, part]) for k in RATES}
-            stats = {
-                "worst_group_accuracy": _extremes(cells)[0],
-                "mean_group_accuracy": torch.nanmean(cells, -1),
-                "accuracy_gap": gap["accuracy"],
-                "fnr_gap": gap["fnr"],
-                "fpr_gap": gap["fpr"],
-                "equalized_odds_difference": torch.maximum(gap["tpr"], gap["fpr"]),
-                "demographic_parity_difference": gap["selection_rate"],
-            }
+        for name, stats in summary_stats(self.state("by_level"), self.groups).items():
             columns["attribute"] += list(self.attributes)
             columns["group"] += [name] * len(self.attributes)
             for key, value in stats.items():
                 columns[key].extend(value.tolist())
         return pd.DataFrame(columns)
+
+
+def summary_stats(counts: Tensor, groups: Mapping[str, int]) -> dict[str, dict[str, Tensor]]:
+    """Per protected attribute: worst/mean-group accuracy, gaps and differences from confusion counts
+    ``[..., L, 2, 2]`` over all group levels (the leading dims, e.g. attributes or resamples, stay)."""
+    per_level = rates(counts)
+    cell_accuracy = torch.diagonal(counts, dim1=-2, dim2=-1) / counts.sum(-1)
+    out = {}
+    start = 0
+    for name, count in groups.items():  # one slice of levels per protected attribute
+        part = slice(start, start + count)
+        start += count
+        cells = cell_accuracy[..., part, :].flatten(-2)
+        gap = {k: _spread(per_level[k][..., part]) for k in RATES}
+        out[name] = {
+            "worst_group_accuracy": _extremes(cells)[0],
+            "mean_group_accuracy": torch.nanmean(cells, -1),
+            "accuracy_gap": gap["accuracy"],
+            "fnr_gap": gap["fnr"],
+            "fpr_gap": gap["fpr"],
+            "equalized_odds_difference": torch.maximum(gap["tpr"], gap["fpr"]),
+            "demographic_parity_difference": gap["selection_rate"],
+        }
+    return out
+
+
+def bootstrap_summary(
+    labels: Tensor,
+    predictions: Tensor,
+    groups: Mapping[str, Tensor],
+    levels: Mapping[str, int],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, Tensor]]:
+    """Percentile intervals of every ``summary_stats`` value by resampling images.
+
+    Returns ``{group: {stat: Tensor [A, 2] (low, high)}}``; each resample's confusion counts are one
+    matrix product of resample counts with per-image one-hot outcomes.
+    """
+    levels = check_levels(levels)
+    shape = (labels.shape[0], labels.shape[1])
+    y = as_binary(labels, "labels", shape)
+    p = as_binary(predictions, "predictions", shape)
+    outcome = F.one_hot(2 * y + p, 4).to(torch.float64)  # [n, A, 4]
+    member = level_onehot(stack_groups(groups, levels, shape[0]), levels)  # [n, L]
+    per_image = torch.einsum("bl,bak->balk", member, outcome).reshape(shape[0], -1)
+    stats: dict[str, dict[str, list[Tensor]]] = {}
+    for index in bootstrap_indices(shape[0], n_resamples, seed):
+        resample = torch.zeros(index.shape[0], shape[0], dtype=torch.float64)
+        resample.scatter_add_(1, index, torch.ones_like(resample))
+        counts = (resample @ per_image).reshape(index.shape[0], shape[1], -1, 2, 2)
+        for name, values in summary_stats(counts, levels).items():
+            for key, value in values.items():
+                stats.setdefault(name, {}).setdefault(key, []).append(value)
+    tail = (1 - confidence) / 2
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    return {
+        name: {key: torch.nanquantile(torch.cat(v), q, dim=0).T for key, v in values.items()}
+        for name, values in stats.items()
+    }

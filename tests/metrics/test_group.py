@@ -115,3 +115,24 @@ def test_unseen_values_are_left_out_and_out_of_range_values_refused() -> None:
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="only 0 and 1"):
         metric.update(torch.tensor([[0.5]]), torch.tensor([[0]]), {"place": torch.tensor([0])})
+
+
+def test_bootstrap_summary_matches_a_loop_over_resampled_images():
+    from pytest_biascheck.metrics.bootstrap import bootstrap_indices
+    from pytest_biascheck.metrics.group import bootstrap_summary
+
+    gen = torch.Generator().manual_seed(3)
+    n = 120
+    labels = torch.randint(0, 2, (n, 2), generator=gen)
+    predictions = torch.where(torch.rand(n, 2, generator=gen) < 0.8, labels, 1 - labels)
+    groups = {"g": torch.randint(0, 3, (n,), generator=gen)}
+    fast = bootstrap_summary(labels, predictions, groups, {"g": 3}, n_resamples=50, seed=7)
+    per_resample = []
+    for chunk in bootstrap_indices(n, 50, seed=7):
+        for index in chunk:
+            acc = GroupRates(["a", "b"], {"g": 3})
+            acc.update(labels[index], predictions[index], {"g": groups["g"][index]})
+            per_resample.append(acc.compute()["summary"]["worst_group_accuracy"].to_numpy())
+    expected = np.nanquantile(np.stack(per_resample), [0.025, 0.975], axis=0).T
+    np.testing.assert_allclose(fast["g"]["worst_group_accuracy"].numpy(), expected, atol=1e-12)
+    assert (fast["g"]["accuracy_gap"][:, 0] <= fast["g"]["accuracy_gap"][:, 1]).all()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """A measured value with its bootstrap interval over images."""
+    """A measured value with its interval (NaN bounds when the metric has none)."""
 
     value: float
     low: float
@@ -36,12 +39,24 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What a model is checked on: attributes, protected groups, the region of each attribute, and
+    which protected groups the model itself predicts (those have maps, for heatmap scores)."""
+
+    attributes: Sequence[str]
+    protected: Sequence[str]
+    regions: dict[str, str]
+    predicted_groups: Sequence[str] = ()
+    positive_rates: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Check:
     """A named bias check. ``direction`` "min": the value must be at least the threshold; "max": at most.
 
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
-    target, settings)`` computes the value; ``recipe`` is the mitigation command template, formatted with
-    ``model``, ``attribute`` and ``other``.
+    target, scope)`` computes the value; ``recipe`` is the mitigation command, formatted with
+    ``model``, ``stem``, ``data``, ``attribute`` and ``other``.
     """
 
     name: str
@@ -50,7 +65,8 @@ class Check:
     description: str
     recipe: str
     targets: Callable[[Scope], list[Target]]
-    measure: Callable[[Results, Target, Any], Measurement]
+    measure: Callable[[Results, Target, Scope], Measurement]
+    default: bool = True
 
     def passes(self, value: float, threshold: float) -> bool:
         """Whether ``value`` meets ``threshold`` in this check's direction (NaN never passes)."""
@@ -59,40 +75,195 @@ class Check:
         return value >= threshold if self.direction == "min" else value <= threshold
 
 
-@dataclass(frozen=True)
-class Scope:
-    """What a model is checked on: its attributes, the protected groups and the attribute regions."""
-
-    attributes: Sequence[str]
-    protected: Sequence[str]
-    regions: dict[str, str]
-
-
-def _per_attribute(scope: Scope) -> list[Target]:
+def per_attribute(scope: Scope) -> list[Target]:
     return [Target(a) for a in scope.attributes]
 
 
-def _accuracy(results: Results, target: Target, settings: Any) -> Measurement:
+def per_region(scope: Scope) -> list[Target]:
+    return [Target(a, scope.regions[a]) for a in scope.attributes if a in scope.regions]
+
+
+def per_group(scope: Scope) -> list[Target]:
+    return [Target(a, g) for a in scope.attributes for g in scope.protected if g != a]
+
+
+def per_predicted_group(scope: Scope) -> list[Target]:
+    return [Target(a, g) for a in scope.attributes for g in scope.predicted_groups if g != a]
+
+
+def per_protected(scope: Scope) -> list[Target]:
+    return [Target(g) for g in scope.protected]
+
+
+def accuracy(results: Results, target: Target, scope: Scope) -> Measurement:
     correct = (results.column("z", target.attribute) > 0) == (
         results.column("y", target.attribute) > 0.5
     )
-    mean, low, high = bootstrap_ci(
-        torch.from_numpy(correct.astype(np.float64)), settings.bootstrap, seed=settings.seed
-    )
+    mean, low, high = bootstrap_ci(torch.from_numpy(correct.astype(np.float64)), seed=0)
     return Measurement(float(mean), float(low), float(high), len(correct))
 
 
-BUILTIN: tuple[Check, ...] = (
-    Check(
-        name="accuracy",
-        direction="min",
-        threshold=0.8,
-        description="accuracy of the attribute on the evaluation data, so a fix cannot trade accuracy away unseen",
-        recipe="python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt --attribute {attribute}",
-        targets=_per_attribute,
-        measure=_accuracy,
-    ),
+def _overall_row(table: pd.DataFrame, attribute: str, **match: Any) -> pd.Series:
+    rows = table[
+        (table["attribute"] == attribute) & (table["group"] == "") & (table["label"] == -1)
+    ]
+    for key, value in match.items():
+        rows = rows[rows[key] == value]
+    if rows.empty:
+        raise BiascheckError(
+            f"no result for {attribute!r} {match or ''}: the evaluation did not map it"
+        )
+    return rows.iloc[0]
+
+
+def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
+    row = _overall_row(results.table("mask_score"), target.attribute)
+    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+
+
+def heatmap_score(results: Results, target: Target, scope: Scope) -> Measurement:
+    row = _overall_row(results.table("heatmap_score"), target.attribute, protected=target.other)
+    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+
+
+def majority_class(scope: Scope, results: Results, attribute: str) -> int:
+    """The majority class of an attribute by its positive rate in the training data when the
+    checkpoint records it (the binary-CAM paper's p_m), else in the evaluation data; ties -> 0."""
+    rate = scope.positive_rates.get(attribute)
+    if rate is None:
+        rate = float((results.column("y", attribute) > 0.5).mean())
+    return int(rate > 0.5)
+
+
+def _energy(results: Results, target: Target, predicted: int) -> Measurement:
+    table = results.table("energy_cells")
+    rows = table[
+        (table["attribute"] == target.attribute)
+        & (table["group"] == "")
+        & (table["label"] == predicted)
+    ]
+    if rows.empty:
+        return Measurement(float("nan"), float("nan"), float("nan"), 0)
+    row = rows.iloc[0]
+    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+
+
+def majority_energy(results: Results, target: Target, scope: Scope) -> Measurement:
+    return _energy(results, target, majority_class(scope, results, target.attribute))
+
+
+def minority_energy(results: Results, target: Target, scope: Scope) -> Measurement:
+    return _energy(results, target, 1 - majority_class(scope, results, target.attribute))
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (used where no per-image bootstrap state exists)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def no_activation_rate(results: Results, target: Target, scope: Scope) -> Measurement:
+    table = results.table("energy")
+    rows = table[table["attribute"] == target.attribute]
+    n = int(rows["n"].sum())
+    empty = float((rows["no_activation_rate"].fillna(0) * rows["n"]).sum())
+    low, high = wilson(empty, n)
+    return Measurement(empty / n if n else float("nan"), low, high, n)
+
+
+def _group_stat(stat: str) -> Callable[[Results, Target, Scope], Measurement]:
+    def measure(results: Results, target: Target, scope: Scope) -> Measurement:
+        table = results.table("group_summary")
+        rows = table[
+            (table["attribute"] == target.attribute)
+            & (table["group"] == target.other)
+            & (table["stat"] == stat)
+        ]
+        if rows.empty:
+            raise BiascheckError(f"no {stat} for {target.attribute!r} across {target.other!r}")
+        row = rows.iloc[0]
+        return Measurement(row["value"], row["low"], row["high"], len(results.frame))
+
+    measure.__name__ = stat
+    return measure
+
+
+def leakage(results: Results, target: Target, scope: Scope) -> Measurement:
+    table = results.table("leakage")
+    row = table[table["group"] == target.attribute].iloc[0]
+    low, high = wilson(row["accuracy"] * row["n_test"], int(row["n_test"]))
+    return Measurement(
+        row["accuracy"] - row["chance"],
+        low - row["chance"],
+        high - row["chance"],
+        int(row["n_test"]),
+    )
+
+
+def prediction_kl(results: Results, target: Target, scope: Scope) -> Measurement:
+    table = results.table("divergence")
+    rows = table[(table["attribute"] == target.attribute) & (table["group"] == target.other)]
+    n = len(results.frame)
+    return Measurement(
+        float(rows["kl"].max()) if len(rows) else float("nan"), float("nan"), float("nan"), n
+    )
+
+
+_DATA = "--data {data}"
+ROI_IOU = (
+    "python -m mitigations roi-iou --model {model} --out {stem}_roi_iou.pt "
+    + _DATA
+    + " --attribute {attribute} --region {other}"
 )
+AFFACT_B = "python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt " + _DATA
+REBALANCE = (
+    "python -m mitigations rebalance --model {model} --out {stem}_rebalanced.pt "
+    + _DATA
+    + " --attribute {attribute} --protected {other} --mcc 0"
+)
+CRAYON = (
+    "python -m mitigations crayon --model {model} --out {stem}_crayon.pt "
+    + _DATA
+    + " --attribute {attribute} --mode attention"
+)
+JLU = (
+    "python -m mitigations jlu --model {model} --out {stem}_jlu.pt "
+    + _DATA
+    + " --attribute {attribute} --spurious {other}"
+)
+
+BUILTIN: tuple[Check, ...] = (
+    Check("accuracy", "min", 0.8, "accuracy on the evaluation data, so a fix cannot trade accuracy away unseen",
+          AFFACT_B, per_attribute, accuracy),
+    Check("mask_score", "min", 0.35, "Attention-IoU mask score: how much the attribute's CAM overlaps its region",
+          ROI_IOU, per_region, mask_score),
+    Check("heatmap_score", "max", 0.6, "Attention-IoU heatmap score: how much the attribute's CAM overlaps the protected attribute's",
+          CRAYON, per_predicted_group, heatmap_score),
+    Check("majority_energy", "min", 0.2, "proportional energy inside the region for images predicted as the majority class",
+          AFFACT_B, per_region, majority_energy),
+    Check("minority_energy", "min", 0.2, "proportional energy inside the region for images predicted as the minority class",
+          ROI_IOU, per_region, minority_energy),
+    Check("no_activation_rate", "max", 0.2, "share of images whose CAM is empty (a prediction from the bias neuron alone)",
+          AFFACT_B, per_attribute, no_activation_rate),
+    Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells",
+          REBALANCE, per_group, _group_stat("worst_group_accuracy")),
+    Check("group_accuracy_gap", "max", 0.1, "largest accuracy difference between values of the protected group",
+          REBALANCE, per_group, _group_stat("accuracy_gap")),
+    Check("fnr_gap", "max", 0.15, "largest false-negative-rate difference between groups",
+          REBALANCE, per_group, _group_stat("fnr_gap")),
+    Check("fpr_gap", "max", 0.15, "largest false-positive-rate difference between groups",
+          REBALANCE, per_group, _group_stat("fpr_gap")),
+    Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
+          JLU, per_group, _group_stat("equalized_odds_difference")),
+    Check("leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features",
+          JLU, per_protected, leakage, default=False),
+    Check("prediction_kl", "max", 0.1, "KL divergence between the groups' distributions of predicted probabilities",
+          JLU, per_group, prediction_kl, default=False),
+)  # fmt: skip
 
 
 def catalogue(hook: Any | None = None) -> dict[str, Check]:

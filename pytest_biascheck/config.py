@@ -23,6 +23,7 @@ class ModelSettings:
     protected: list[str] = field(default_factory=list)
     regions: dict[str, str] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
     task: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,6 +40,9 @@ class Settings:
     min_group_share: float = 0.01
     allow_imports: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+    tolerance: float = 0.02
+    tolerances: dict[str, float] = field(default_factory=dict)
     models: dict[str, ModelSettings] = field(default_factory=dict)
     source: str | None = None
 
@@ -76,10 +80,14 @@ def load_settings(path: Path | None) -> Settings:
 
 
 def validate_thresholds(settings: Settings, check_names: typing.Collection[str]) -> None:
-    """Every threshold key must name a known check; the error points at the closest one."""
-    tables = [("thresholds", settings.thresholds)] + [
-        (f"models.{stem}.thresholds", m.thresholds) for stem, m in settings.models.items()
+    """Every threshold key and ``checks`` entry must name a known check; errors point at the closest."""
+    tables = [
+        ("thresholds", settings.thresholds),
+        ("checks", settings.checks),
+        ("tolerances", settings.tolerances),
     ]
+    for stem, m in settings.models.items():
+        tables += [(f"models.{stem}.thresholds", m.thresholds), (f"models.{stem}.checks", m.checks)]
     for where, table in tables:
         for key in table:
             if key not in check_names:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from typing import Any
 
 import pytest
 
-from pytest_biascheck.checks import Check, Measurement, Scope, Target, catalogue
+from pytest_biascheck.checks import Check, Measurement, Target, catalogue
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import LoadedModel
 
@@ -31,10 +32,12 @@ class ModelCollector(pytest.Collector):
         from pytest_biascheck.plugin import STATE
 
         state = self.config.stash[STATE]
-        _, dataset = state.dataset(self.model)
-        scope = _scope(state.settings.for_model(self.model.name), self.model, dataset)
+        scope = state.scope(self.model)
+        wanted = state.settings.for_model(self.model.name).checks or state.settings.checks
         items = []
         for check in catalogue(self.config.pluginmanager.hook).values():
+            if not (check.name in wanted if wanted else check.default):
+                continue
             for target in check.targets(scope):
                 item = CheckItem.from_parent(
                     self, name=f"{check.name}[{target.id}]", check=check, target=target
@@ -68,30 +71,44 @@ class CheckItem(pytest.Item):
         )
 
     def runtest(self) -> None:
+        from pytest_biascheck.baseline import compare
         from pytest_biascheck.plugin import STATE
 
         state = self.config.stash[STATE]
         results = state.results_for(self.model)
-        measured = self.check.measure(results, self.target, state.settings)
+        measured = self.check.measure(results, self.target, state.scope(self.model))
         threshold = self.threshold()
         passed = self.check.passes(measured.value, threshold)
+        previous = state.baseline.get(self.nodeid)
+        tolerance = state.settings.tolerances.get(self.check.name, state.settings.tolerance)
+        change = compare(measured.value, previous, self.check.direction, tolerance)
         op = ">=" if self.check.direction == "min" else "<="
+        status = "passed" if passed and change != "regressed" else "FAILED"
         state.outcomes.append(
             {"item": self.nodeid, "model": self.model.name, "check": self.check.name,
              "attribute": self.target.attribute, "other": self.target.other, "value": measured.value,
              "low": measured.low, "high": measured.high, "n": measured.n, "threshold": threshold,
-             "op": op, "status": "passed" if passed else "FAILED", "recipe": self.fix()}
+             "op": op, "status": status, "recipe": self.fix(), "baseline": previous, "change": change}
         )  # fmt: skip
         self.user_properties.append(("value", measured.value))
         self.user_properties.append(("threshold", threshold))
         if not passed:
             raise CheckFailed(self.explain(measured, threshold, op))
+        if change == "regressed":
+            raise CheckFailed(
+                [
+                    f"{self.check.name} of {self.target.id}: {measured.value:.3f} regressed from the baseline {previous:.3f} "
+                    f"by more than the tolerance {tolerance:.3f} (threshold {op} {threshold:.3f} still holds)",
+                    f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
+                    f"  fix        {self.fix()}",
+                ]
+            )
 
     def explain(self, measured: Measurement, threshold: float, op: str) -> list[str]:
         """The failure message: what was measured, against what, how sure, and what to run."""
         return [
             f"{self.check.name} of {self.target.id}: {measured.value:.3f} does not meet {op} {threshold:.3f}",
-            f"  value      {measured.value:.3f}  (95% CI {measured.low:.3f}-{measured.high:.3f}, n={measured.n} images)",
+            f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
             f"  threshold  {op} {threshold:.3f}  ({self.check.direction}; set [tool.biascheck.thresholds] {self.check.name})",
             f"  checks     {self.check.description}",
             f"  fix        {self.fix()}",
@@ -100,9 +117,12 @@ class CheckItem(pytest.Item):
     def fix(self) -> str:
         """The mitigation command for this model and target, ready to paste."""
         path = str(self.model.path)
+        from pytest_biascheck.plugin import STATE
+
+        data, _ = self.config.stash[STATE].dataset(self.model)
         return self.check.recipe.format(
             model=shlex.quote(path), stem=self.model.name, attribute=shlex.quote(self.target.attribute),
-            other=shlex.quote(self.target.other or ""),
+            other=shlex.quote(self.target.other or ""), data=shlex.quote(data),
         )  # fmt: skip
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
@@ -117,16 +137,9 @@ class CheckItem(pytest.Item):
         return self.model.path, None, f"{self.model.name}::{self.name}"
 
 
-def _scope(model_settings: Any, model: LoadedModel, dataset: Any) -> Scope:
-    """Attributes to check (configured, else every model attribute the data labels), groups, regions."""
-    attributes = model_settings.attributes or [
-        a for a in model.spec.attributes if a in dataset.attributes
-    ]
-    missing = [
-        a for a in attributes if a not in model.spec.attributes or a not in dataset.attributes
-    ]
-    if missing:
-        raise pytest.UsageError(
-            f"model {model.name}: attribute {missing[0]!r} is not predicted by the model or not labelled in the data"
-        )
-    return Scope(attributes, list(model_settings.protected), dict(model_settings.regions))
+def _interval(measured: Measurement) -> str:
+    if measured.n == 0:
+        return "not measurable: no image in this subset"
+    if math.isnan(measured.low):
+        return "no interval for this metric"
+    return f"95% CI {measured.low:.3f}-{measured.high:.3f}"

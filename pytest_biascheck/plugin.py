@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_biascheck import hookspecs
+from pytest_biascheck.baseline import read_baseline, write_baseline
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
 from pytest_biascheck.errors import BiascheckError
 
@@ -38,6 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="baseline JSON: fail checks that regress beyond their tolerance",
     )  # fmt: skip
     group.addoption(
+        "--biascheck-save-baseline", metavar="FILE", default=None,
+        help="write every measured value to FILE, to compare later runs against",
+    )  # fmt: skip
+    group.addoption(
         "--biascheck-device", metavar="DEVICE", default=None,
         help="torch device for the evaluation pass (default: cuda when available, else cpu)",
     )  # fmt: skip
@@ -65,6 +70,7 @@ class BiascheckState:
     results: dict[str, Any] = field(default_factory=dict)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     hook: Any = None
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def dataset(self, model: Any) -> tuple[str, Any]:
         """(spec, dataset) a model is evaluated on: model setting, then global setting, then the default."""
@@ -84,16 +90,24 @@ class BiascheckState:
             self.datasets[model.name] = (spec, open_data(spec, "test", size, extra))
         return self.datasets[model.name]
 
+    def scope(self, model: Any) -> Any:
+        """What to check for a model: configured attributes/groups/regions, else the data's defaults."""
+        from pytest_biascheck.evaluate import plan_for
+
+        return plan_for(model, self.dataset(model)[1], self.settings)[0]
+
     def results_for(self, model: Any) -> Any:
         """Evaluate a model once per session; every item of that model reads the same Results."""
         if model.name not in self.results:
-            from pytest_biascheck.evaluate import evaluate
+            from pytest_biascheck.evaluate import evaluate, plan_for
 
             spec, dataset = self.dataset(model)
+            _, plan = plan_for(model, dataset, self.settings)
             self.results[model.name] = evaluate(
                 model,
                 dataset,
                 spec,
+                plan,
                 batch_size=self.settings.batch_size,
                 device=self.settings.device,
             )
@@ -151,7 +165,9 @@ def _start(config: pytest.Config, paths: list[str]) -> BiascheckState:
         )
         for path in paths
     ]
-    return BiascheckState(settings, models, hook=hook)
+    baseline_path = config.getoption("biascheck_baseline")
+    baseline = read_baseline(Path(baseline_path)) if baseline_path else {}
+    return BiascheckState(settings, models, hook=hook, baseline=baseline)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -174,7 +190,7 @@ def pytest_collection_modifyitems(
     generated: list[pytest.Item] = []
     for model in state.models:
         try:
-            state.dataset(model)
+            state.scope(model)
         except BiascheckError as exc:
             raise pytest.UsageError(str(exc)) from None
         collector = ModelCollector.from_parent(
@@ -184,19 +200,55 @@ def pytest_collection_modifyitems(
     items[:0] = generated
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE, None)
+    path = session.config.getoption("biascheck_save_baseline", None)
+    if state is not None and path:
+        write_baseline(Path(path), state.outcomes)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use ``biascheck_model`` (or fixtures built on it) run once per ``--biascheck`` model."""
+    if "biascheck_model" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash.get(STATE, None)
+    if state is None:
+        metafunc.parametrize(
+            "biascheck_model",
+            [pytest.param(None, marks=pytest.mark.skip(reason="needs --biascheck MODEL"))],
+        )
+        return
+    metafunc.parametrize(
+        "biascheck_model", state.models, ids=[m.name for m in state.models], scope="session"
+    )
+
+
+@pytest.fixture(scope="session")
+def biascheck_data(biascheck_model: Any, pytestconfig: pytest.Config) -> Any:
+    """The evaluation dataset of the model under test (a ``BiasDataset``)."""
+    return pytestconfig.stash[STATE].dataset(biascheck_model)[1]
+
+
+@pytest.fixture(scope="session")
+def biascheck_results(biascheck_model: Any, pytestconfig: pytest.Config) -> Any:
+    """The model's evaluation ``Results`` (pandas tables), computed once and shared with the check items."""
+    return pytestconfig.stash[STATE].results_for(biascheck_model)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """A table of every check that ran: value, threshold and status."""
     state = config.stash.get(STATE, None)
     if state is None or not state.outcomes:
         return
     terminalreporter.section("biascheck summary")
-    rows = [("check", "value", "95% CI", "threshold", "status")] + [
+    rows = [("check", "value", "95% CI", "threshold", "status", "baseline")] + [
         (
             o["item"],
             f"{o['value']:.3f}",
             f"{o['low']:.3f}-{o['high']:.3f}",
             f"{o['op']} {o['threshold']:.3f}",
             o["status"],
+            "" if o["baseline"] is None else f"{o['baseline']:.3f} {o['change'] or 'unchanged'}",
         )
         for o in state.outcomes
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -11,11 +12,24 @@ from tests.conftest import make_tiny
 DATA = "--biascheck-data=synthfaces:n=64"
 
 
+ALL_ATTRIBUTES = """
+[models.alpha]
+attributes = ["Smiling", "Male", "Young"]
+[models.beta]
+attributes = ["Smiling", "Male", "Young"]
+"""
+
+
 @pytest.fixture
 def models(pytester: pytest.Pytester, tiny_checkpoint):
     shutil.copy(tiny_checkpoint, pytester.path / "alpha.pt")
     make_tiny(pytester.path / "beta.pt", seed=1)
     return ["alpha.pt", "beta.pt"]
+
+
+def accuracy_only(pytester: pytest.Pytester, extra: str = "") -> None:
+    """Config that checks accuracy of all three tiny-model attributes."""
+    pytester.makefile(".toml", biascheck=f'checks = ["accuracy"]\n{extra}\n{ALL_ATTRIBUTES}')
 
 
 def test_help_shows_the_biascheck_group(pytester: pytest.Pytester):
@@ -57,6 +71,7 @@ def test_malicious_model_is_a_usage_error_and_never_runs(pytester: pytest.Pytest
 
 
 def test_each_model_gets_its_own_items(pytester: pytest.Pytester, models):
+    accuracy_only(pytester)
     result = pytester.runpytest("--collect-only", "-q", *[f"--biascheck={m}" for m in models], DATA)
     ids = [line for line in result.stdout.lines if "::" in line]
     for model in models:
@@ -67,6 +82,7 @@ def test_each_model_gets_its_own_items(pytester: pytest.Pytester, models):
 
 
 def test_k_and_m_select_check_items(pytester: pytest.Pytester, models):
+    accuracy_only(pytester)
     result = pytester.runpytest(
         "--collect-only", "-q", f"--biascheck={models[0]}", DATA, "-k", "Smiling"
     )
@@ -78,7 +94,7 @@ def test_k_and_m_select_check_items(pytester: pytest.Pytester, models):
 
 
 def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytest.Pytester, models):
-    pytester.makefile(".toml", biascheck="[thresholds]\naccuracy = 0.99\n")
+    accuracy_only(pytester, "[thresholds]\naccuracy = 0.99\n")
     result = pytester.runpytest(
         f"--biascheck={models[0]}", DATA, "-k", "Smiling", "-p", "no:cacheprovider"
     )
@@ -88,7 +104,7 @@ def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytes
             "*accuracy of Smiling: 0.* does not meet >= 0.990",
             "*value      0.*(95% CI 0.*-0.*, n=64 images)",
             "*threshold  >= 0.990*",
-            "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt --attribute Smiling",
+            "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt --data synthfaces:n=64",
             "*biascheck summary*",
             "alpha.pt::accuracy?Smiling?  0.*>= 0.990*FAILED",
         ]
@@ -96,13 +112,14 @@ def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytes
 
 
 def test_passing_checks_exit_zero(pytester: pytest.Pytester, models):
-    pytester.makefile(".toml", biascheck="[thresholds]\naccuracy = 0.0\n")
+    accuracy_only(pytester, "[thresholds]\naccuracy = 0.0\n")
     result = pytester.runpytest(f"--biascheck={models[0]}", DATA, "-v")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["alpha.pt::accuracy?Male? PASSED*"])
 
 
 def test_conftest_hook_adds_a_check(pytester: pytest.Pytester, models):
+    pytester.makefile(".toml", biascheck=ALL_ATTRIBUTES)
     pytester.makeconftest(
         """
         from pytest_biascheck.checks import Check, Measurement, Target
@@ -131,6 +148,7 @@ def test_unknown_threshold_key_is_a_usage_error(pytester: pytest.Pytester, model
 
 
 def test_only_checks_run_unless_test_paths_are_named(pytester: pytest.Pytester, models):
+    accuracy_only(pytester)
     pytester.makepyfile(test_own="def test_own():\n    assert True\n")
     result = pytester.runpytest("--collect-only", "-q", f"--biascheck={models[0]}", DATA)
     assert not any("test_own" in line for line in result.stdout.lines)
@@ -139,3 +157,57 @@ def test_only_checks_run_unless_test_paths_are_named(pytester: pytest.Pytester, 
     )
     ids = [line for line in result.stdout.lines if "::" in line]
     assert "test_own.py::test_own" in ids and "alpha.pt::accuracy[Male]" in ids
+
+
+def test_baseline_regression_fails_even_when_threshold_holds(pytester: pytest.Pytester, models):
+    pytester.makefile(".toml", biascheck="checks = ['accuracy']\n[thresholds]\naccuracy = 0.0\n")
+    args = [f"--biascheck={models[0]}", DATA, "-k", "Smiling", "-p", "no:cacheprovider"]
+    result = pytester.runpytest(*args, "--biascheck-save-baseline=base.json")
+    result.assert_outcomes(passed=1)
+    saved = json.loads((pytester.path / "base.json").read_text())
+    value = saved["values"]["alpha.pt::accuracy[Smiling]"]
+    result = pytester.runpytest(*args, "--biascheck-baseline=base.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*{value:.3f} unchanged"])
+    saved["values"]["alpha.pt::accuracy[Smiling]"] = value + 0.2
+    (pytester.path / "worse.json").write_text(json.dumps(saved))
+    result = pytester.runpytest(*args, "--biascheck-baseline=worse.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*regressed from the baseline {value + 0.2:.3f} by more than the tolerance 0.020*"]
+    )
+    saved["values"]["alpha.pt::accuracy[Smiling]"] = value - 0.2
+    (pytester.path / "better.json").write_text(json.dumps(saved))
+    result = pytester.runpytest(*args, "--biascheck-baseline=better.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*{value - 0.2:.3f} improved"])
+    result = pytester.runpytest(*args, "--biascheck-baseline=missing.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_user_tests_get_fixtures_and_assertion_helpers(pytester: pytest.Pytester, models):
+    pytester.makepyfile(
+        test_bias="""
+        from pytest_biascheck import assert_check, assert_mask_score
+
+        def test_results_table(biascheck_model, biascheck_data, biascheck_results):
+            assert biascheck_results.model == biascheck_model.name
+            assert len(biascheck_results.frame) == len(biascheck_data) == 64
+
+        def test_mask_score_bound(biascheck_results):
+            assert_mask_score(biascheck_results, "Smiling", region="mouth", min=0.99)
+
+        def test_accuracy_bound(biascheck_results):
+            assert_check(biascheck_results, "accuracy", "Smiling", min=0.0)
+        """
+    )
+    result = pytester.runpytest(
+        *[f"--biascheck={m}" for m in models], DATA, "test_bias.py", "-k", "test_", "-v"
+    )
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        ["*test_results_table?alpha? PASSED*", "*test_results_table?beta? PASSED*",
+         "*mask_score of Smiling-mouth on alpha: 0.* does not meet >= 0.990"]
+    )  # fmt: skip
+    result = pytester.runpytest("test_bias.py")
+    result.assert_outcomes(skipped=3)

@@ -36,6 +36,9 @@ class BiasDataset(Dataset):
     attributes: tuple[str, ...] = ()
     group_names: tuple[str, ...] = ()
     region_names: tuple[str, ...] = ()
+    #: What ``pytest --biascheck`` checks on this data when the config says nothing: keys
+    #: ``attributes``, ``protected`` and ``regions`` (attribute -> region name).
+    default_scope: dict = {}  # noqa: RUF012 - read-only class default
 
     def attribute_index(self, name: str) -> int:
         """Position of a label ``name``; a clear error lists the available ones."""

@@ -77,6 +77,11 @@ class SynthBirds(BiasDataset):
     attributes = ("Waterbird",)
     group_names = ("place",)
     region_names = ("bird", "background")
+    default_scope = {  # noqa: RUF012 - read-only class default
+        "attributes": ["Waterbird"],
+        "protected": ["place"],
+        "regions": {"Waterbird": "bird"},
+    }
 
     def __init__(
         self,

@@ -70,7 +70,8 @@ _CANON_LANDMARKS = np.array([[0.39, 0.42], [0.61, 0.42], [0.5, 0.57], [0.42, 0.7
 class Appearance:
     """Difficulty knobs: how visible each rendered attribute is (tune with the correlations)."""
 
-    smile_curvature: float = 0.4  # mouth-corner lift, as a fraction of mouth height
+    smile_curvature: float = 1.0  # mouth-corner lift (1 = corners 6% of the image above the centre)
+    teeth: float = 0.5  # brightness of the teeth shown when smiling (0 = no teeth)
     lip_contrast: float = 0.5  # 1 = lips clearly darker than skin
     noise: float = 0.04  # pixel noise standard deviation
     pose: float = 1.0  # scale of shift/scale/rotation jitter
@@ -86,6 +87,11 @@ class SynthFaces(BiasDataset):
 
     attributes = ATTRIBUTES
     region_names = REGION_NAMES
+    default_scope = {  # noqa: RUF012 - read-only class default
+        "attributes": ["Smiling", "Wearing_Lipstick", "Eyeglasses"],
+        "protected": ["Black_Hair"],
+        "regions": ATTRIBUTE_REGIONS,
+    }
 
     def __init__(
         self,
@@ -218,7 +224,7 @@ _LAYERS: tuple[tuple[str, str], ...] = (
     ("cheekbones", "skin"), ("nose", "nose"), ("eye_shadow", "skin"), ("l_eye", "l_eye"),
     ("r_eye", "r_eye"), ("l_iris", "l_eye"), ("r_iris", "r_eye"), ("l_brow", "l_brow"),
     ("r_brow", "r_brow"), ("glasses", "eye_g"), ("u_lip", "u_lip"), ("l_lip", "l_lip"),
-    ("mouth", "mouth"), ("bangs", "hair"), ("hat", "hat"),
+    ("mouth", "mouth"), ("teeth", "mouth"), ("bangs", "hair"), ("hat", "hat"),
 )  # fmt: skip
 Radius = float | torch.Tensor
 _LAYER = {name: i for i, (name, _) in enumerate(_LAYERS)}
@@ -260,7 +266,7 @@ def _draw(
         "eye_shadow": np.array([0.45, 0.25, 0.55]), "l_eye": _WHITE, "r_eye": _WHITE,
         "l_iris": _PUPIL, "r_iris": _PUPIL, "l_brow": hair * 0.8 + 0.02, "r_brow": hair * 0.8 + 0.02,
         "glasses": np.array([0.05, 0.05, 0.08]), "u_lip": np.where(lipstick, [[0.78, 0.08, 0.2]], lip_plain),
-        "mouth": np.array([0.2, 0.05, 0.05]), "bangs": hair, "hat": 0.15 + 0.7 * params[:, 9:12],
+        "mouth": np.array([0.2, 0.05, 0.05]), "teeth": 0.2 + (np.array([0.95, 0.93, 0.88]) - 0.2) * look.teeth, "bangs": hair, "hat": 0.15 + 0.7 * params[:, 9:12],
     }  # fmt: skip
     colours["l_lip"] = colours["u_lip"]
     for name, rgb in colours.items():
@@ -376,6 +382,8 @@ def _draw(
     paint("u_lip", every, inside & (yb < centre - gap) & (yb > centre - gap - 0.02), band)
     paint("l_lip", every, inside & (yb >= centre + gap) & (yb < centre + gap + 0.024), band)
     paint("mouth", every, inside & (yb >= centre - gap) & (yb < centre + gap), band)
+    teeth = inside & ((xb - 0.5).abs() < 0.06) & (yb >= centre - 0.008) & (yb < centre + 0.008)
+    paint("teeth", lab["Smiling"] & (look.teeth > 0), teeth, band)
     # Hair in front: bangs and hat.
     band = rows(0.1, 0.3, 0.3)
     paint("bangs", lab["Bangs"], face[:, band] & (y[:, band] < 0.3), band)

@@ -1,0 +1,52 @@
+"""The run's report: ``biascheck.json`` (every metric, threshold, interval and status) and a
+self-contained ``biascheck.html`` rendered from the same document, both written atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_biascheck.atomic import atomic_open
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.report import html
+from pytest_biascheck.report.document import (
+    SCHEMA,
+    build_document,
+    library_versions,
+    model_id,
+    to_json,
+)
+from pytest_biascheck.report.images import model_figures
+
+JSON_NAME, HTML_NAME = "biascheck.json", "biascheck.html"
+
+__all__ = ["HTML_NAME", "JSON_NAME", "SCHEMA", "library_versions", "write_report"]
+
+
+def write_report(
+    entries: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    meta: Mapping[str, Any],
+    modify: Callable[[dict[str, Any]], object] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``out_dir/biascheck.json`` and ``out_dir/biascheck.html`` for one entry per model
+    (``results``, ``outcomes``, ``model``, ``scope``); ``modify(document)`` (the
+    ``pytest_biascheck_report`` hook) may change the document first. Both files are rendered in
+    memory before either is replaced, so a failure leaves an existing report as it was."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BiascheckError(f"report folder {out} is a file; pass a folder to --biascheck-report")
+    document = build_document(entries, meta)
+    if modify is not None:
+        modify(document)
+    text = to_json(document)
+    figures = {model_id(i): model_figures(entry["results"]) for i, entry in enumerate(entries)}
+    page = html.render(json.loads(text), figures)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / JSON_NAME, out / HTML_NAME
+    with atomic_open(json_path, "w") as json_file, atomic_open(html_path, "w") as html_file:
+        json_file.write(text)
+        html_file.write(page)
+    return json_path, html_path

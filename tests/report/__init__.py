@@ -1,0 +1,1 @@
+"""Tests of pytest_biascheck.report (a package so helpers import under a unique module name)."""

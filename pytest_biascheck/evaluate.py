@@ -125,8 +125,8 @@ def data_for(
     spec = spec or default_spec(model.spec.attributes)
     if spec is None:
         raise BiascheckError(
-            f"no evaluation data for model {model.name}; pass --biascheck-data or set "
-            f"data under [tool.biascheck.models.{model.name}]"
+            f"no evaluation data for model {model.name}; pass --biascheck-data (pytest) or --data "
+            f"(python -m pytest_biascheck), or set data under [tool.biascheck.models.{model.name}]"
         )
     _, height, width = model.spec.input_size
     size = height if height == width else (height, width)

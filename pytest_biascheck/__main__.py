@@ -1,0 +1,110 @@
+"""``python -m pytest_biascheck evaluate``: one evaluation pass written to a results JSON, planned as
+the plugin plans it; under torchrun every process takes a shard and rank 0 writes the file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_biascheck.errors import BiascheckError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; bad input prints one line on stderr and returns exit code 2."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BiascheckError as exc:
+        print(f"biascheck: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Load settings, model and data, evaluate (sharded under torchrun) and save the Results."""
+    from pytest_biascheck import hookspecs
+    from pytest_biascheck.config import find_config, load_settings
+    from pytest_biascheck.distributed import gather_pass, process_group, shard_indices
+    from pytest_biascheck.evaluate import data_for, finish, plan_for, run_pass
+    from pytest_biascheck.model import load_checkpoint
+    from pytest_biascheck.store import save_results
+
+    settings = load_settings(Path(args.config) if args.config else find_config(Path.cwd()))
+    if args.batch_size is not None:
+        settings.batch_size = args.batch_size
+    if args.device is not None:
+        settings.device = args.device
+    hook = hookspecs.plugin_manager().hook
+    model = load_checkpoint(
+        args.model,
+        trust_pickle=args.trust_pickle,
+        allow_imports=settings.allow_imports,
+        architectures=hookspecs.merged(hook.pytest_biascheck_architectures()),
+        spec_overrides=settings.for_model(Path(args.model).stem).task,
+    )
+    spec, dataset = data_for(
+        model, settings, hookspecs.merged(hook.pytest_biascheck_datasets()), args.data
+    )
+    _, plan = plan_for(model, dataset, settings)
+    with process_group(settings.device) as (rank, world, device):
+        state = run_pass(
+            model,
+            dataset,
+            plan,
+            settings.batch_size,
+            str(device),
+            indices=shard_indices(len(dataset), rank, world),
+            progress=rank == 0 and sys.stderr.isatty(),
+        )
+        state = gather_pass(state)
+        if rank == 0:
+            results = finish(state, model, spec, plan)
+            save_results(results, args.out)
+            print(
+                f"wrote {args.out}: {model.name} on {spec}, {len(results.frame)} images, {world} processes"
+            )
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_biascheck",
+        description="biascheck outside pytest: evaluate a model once and save the results.",
+    )
+    commands = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="one evaluation pass -> results JSON (shards over processes under torchrun)",
+        description="Evaluate a model on data as `pytest --biascheck` does and write the results "
+        "JSON. Under `torchrun --nproc_per_node N -m pytest_biascheck evaluate ...` each process "
+        "takes every N-th image (gloo on CPU, nccl on CUDA) and rank 0 writes the file.",
+    )
+    evaluate.add_argument("--model", required=True, metavar="PATH", help="model checkpoint")
+    evaluate.add_argument(
+        "--data", metavar="SPEC", help="evaluation data (default: the config's, else synthetic)"
+    )
+    evaluate.add_argument("--out", required=True, metavar="FILE", help="results JSON to write")
+    evaluate.add_argument(
+        "--config", metavar="FILE", help="settings file (default: biascheck.toml or pyproject.toml)"
+    )
+    evaluate.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch")
+    evaluate.add_argument("--device", metavar="DEVICE", help="torch device (default: auto)")
+    evaluate.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow model files holding pickled Python objects (trusted files only)",
+    )
+    evaluate.set_defaults(run=evaluate_command)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

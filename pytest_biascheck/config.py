@@ -42,6 +42,7 @@ class Settings:
     thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
     tolerance: float = 0.02
+    cache: bool = True
     tolerances: dict[str, float] = field(default_factory=dict)
     models: dict[str, ModelSettings] = field(default_factory=dict)
     source: str | None = None

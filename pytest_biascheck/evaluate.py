@@ -185,9 +185,11 @@ def evaluate(
     plan: Plan,
     batch_size: int = 64,
     device: str | None = None,
+    progress: bool = False,
 ) -> Results:
     """Run the model once over ``dataset`` and summarise everything the checks need."""
-    return finish(run_pass(loaded, dataset, plan, batch_size, device), loaded, data_spec, plan)
+    state = run_pass(loaded, dataset, plan, batch_size, device, progress=progress)
+    return finish(state, loaded, data_spec, plan)
 
 
 def run_pass(

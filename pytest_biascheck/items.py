@@ -78,6 +78,10 @@ class CheckItem(pytest.Item):
         results = state.results_for(self.model)
         measured = self.check.measure(results, self.target, state.scope(self.model))
         threshold = self.threshold()
+        if measured.n == 0:
+            pytest.skip(
+                f"{self.check.name} of {self.target.id} is not measurable: no image in that subset"
+            )
         passed = self.check.passes(measured.value, threshold)
         previous = state.baseline.get(self.nodeid)
         tolerance = state.settings.tolerances.get(self.check.name, state.settings.tolerance)
@@ -88,7 +92,8 @@ class CheckItem(pytest.Item):
             {"item": self.nodeid, "model": self.model.name, "check": self.check.name,
              "attribute": self.target.attribute, "other": self.target.other, "value": measured.value,
              "low": measured.low, "high": measured.high, "n": measured.n, "threshold": threshold,
-             "op": op, "status": status, "recipe": self.fix(), "baseline": previous, "change": change}
+             "op": op, "status": status, "recipe": self.fix(), "baseline": previous, "change": change,
+             "description": self.check.description}
         )  # fmt: skip
         self.user_properties.append(("value", measured.value))
         self.user_properties.append(("threshold", threshold))

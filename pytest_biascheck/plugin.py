@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every measured value to FILE, to compare later runs against",
     )  # fmt: skip
     group.addoption(
+        "--biascheck-results", metavar="FILE", default=None,
+        help="gate on results precomputed by python -m pytest_biascheck evaluate (e.g. under torchrun)",
+    )  # fmt: skip
+    group.addoption(
+        "--biascheck-no-cache", action="store_true", default=False,
+        help="always re-evaluate instead of reusing results cached in the report folder",
+    )  # fmt: skip
+    group.addoption(
         "--biascheck-device", metavar="DEVICE", default=None,
         help="torch device for the evaluation pass (default: cuda when available, else cpu)",
     )  # fmt: skip
@@ -71,23 +80,18 @@ class BiascheckState:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     hook: Any = None
     baseline: dict[str, float] = field(default_factory=dict)
+    report_dir: Path = Path("reports")
+    precomputed: Path | None = None
+    progress: bool = False
+    report: Path | None = None
 
     def dataset(self, model: Any) -> tuple[str, Any]:
         """(spec, dataset) a model is evaluated on: model setting, then global setting, then the default."""
         if model.name not in self.datasets:
-            from pytest_biascheck.data import default_spec, open_data
+            from pytest_biascheck.evaluate import data_for
 
-            spec = self.settings.for_model(model.name).data or self.settings.data
-            spec = spec or default_spec(model.spec.attributes)
-            if spec is None:
-                raise BiascheckError(
-                    f"no evaluation data for model {model.name}; pass --biascheck-data or set "
-                    f"data under [tool.biascheck.models.{model.name}]"
-                )
-            _, height, width = model.spec.input_size
-            size = height if height == width else (height, width)
             extra = hookspecs.merged(self.hook.pytest_biascheck_datasets()) if self.hook else {}
-            self.datasets[model.name] = (spec, open_data(spec, "test", size, extra))
+            self.datasets[model.name] = data_for(model, self.settings, extra)
         return self.datasets[model.name]
 
     def scope(self, model: Any) -> Any:
@@ -97,21 +101,72 @@ class BiascheckState:
         return plan_for(model, self.dataset(model)[1], self.settings)[0]
 
     def results_for(self, model: Any) -> Any:
-        """Evaluate a model once per session; every item of that model reads the same Results."""
+        """Evaluate a model once: from ``--biascheck-results``, the on-disk cache, or one pass."""
         if model.name not in self.results:
-            from pytest_biascheck.evaluate import evaluate, plan_for
-
-            spec, dataset = self.dataset(model)
-            _, plan = plan_for(model, dataset, self.settings)
-            self.results[model.name] = evaluate(
-                model,
-                dataset,
-                spec,
-                plan,
-                batch_size=self.settings.batch_size,
-                device=self.settings.device,
-            )
+            self.results[model.name] = self._evaluate(model)
         return self.results[model.name]
+
+    def _evaluate(self, model: Any) -> Any:
+        from pytest_biascheck.evaluate import evaluate, plan_for
+        from pytest_biascheck.store import cache_key, cached, load_results
+
+        spec, dataset = self.dataset(model)
+        if self.precomputed is not None:
+            results = load_results(self.precomputed)
+            if results.sha256 != model.sha256 or results.data != spec:
+                raise BiascheckError(
+                    f"results file {self.precomputed} was computed for another model or data "
+                    f"({results.model}, {results.data!r}); re-run python -m pytest_biascheck evaluate"
+                )
+            return results
+        _, plan = plan_for(model, dataset, self.settings)
+
+        def compute() -> Any:
+            return evaluate(
+                model, dataset, spec, plan, batch_size=self.settings.batch_size,
+                device=self.settings.device, progress=self.progress,
+            )  # fmt: skip
+
+        if not self.settings.cache:
+            return compute()
+        extra = {"task": model.spec.to_dict(), "arch": model.arch, "arch_kwargs": model.arch_kwargs}
+        key = cache_key(model.sha256, spec, plan, extra)
+        return cached(self.report_dir / ".cache" / f"{key}.json", compute)
+
+    def write_report(self, config: pytest.Config) -> Path | None:
+        """The HTML and JSON report of every evaluated model (nothing when no check ran)."""
+        from pytest_biascheck.report import library_versions, write_report
+
+        entries = [
+            {
+                "results": self.results[m.name],
+                "outcomes": [o for o in self.outcomes if o["model"] == m.name],
+                "model": {
+                    "name": m.name,
+                    "path": str(m.path),
+                    "sha256": m.sha256,
+                    "arch": m.arch,
+                    "provenance": m.provenance,
+                },
+                "scope": self.scope(m),
+            }
+            for m in self.models
+            if m.name in self.results
+        ]
+        if not entries:
+            return None
+        meta = {
+            "data": {m.name: self.dataset(m)[0] for m in self.models},
+            "config": {"source": self.settings.source, "thresholds": self.settings.thresholds},
+            "versions": library_versions(),
+        }
+        _, html = write_report(
+            entries,
+            self.report_dir,
+            meta,
+            modify=lambda doc: config.hook.pytest_biascheck_report(report=doc),
+        )
+        return html
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -139,7 +194,7 @@ def _start(config: pytest.Config, paths: list[str]) -> BiascheckState:
             )
     option = config.getoption("biascheck_config")
     settings = load_settings(Path(option) if option else find_config(config.rootpath))
-    for key in ("data", "report", "device", "batch_size"):
+    for key in ("data", "device", "batch_size"):
         value = config.getoption(f"biascheck_{key}")
         if value is not None:
             setattr(settings, key, value)
@@ -167,7 +222,16 @@ def _start(config: pytest.Config, paths: list[str]) -> BiascheckState:
     ]
     baseline_path = config.getoption("biascheck_baseline")
     baseline = read_baseline(Path(baseline_path)) if baseline_path else {}
-    return BiascheckState(settings, models, hook=hook, baseline=baseline)
+    option = config.getoption("biascheck_report")
+    report_dir = Path(option) if option else config.rootpath / settings.report
+    if config.getoption("biascheck_no_cache"):
+        settings.cache = False
+    results = config.getoption("biascheck_results")
+    progress = config.getoption("verbose") >= 0 and sys.stderr.isatty()
+    return BiascheckState(
+        settings, models, hook=hook, baseline=baseline, report_dir=report_dir,
+        precomputed=Path(results) if results else None, progress=progress,
+    )  # fmt: skip
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -191,6 +255,8 @@ def pytest_collection_modifyitems(
     for model in state.models:
         try:
             state.scope(model)
+            if state.precomputed is not None:
+                state.results_for(model)
         except BiascheckError as exc:
             raise pytest.UsageError(str(exc)) from None
         collector = ModelCollector.from_parent(
@@ -202,9 +268,12 @@ def pytest_collection_modifyitems(
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
+    if state is None:
+        return
     path = session.config.getoption("biascheck_save_baseline", None)
-    if state is not None and path:
+    if path:
         write_baseline(Path(path), state.outcomes)
+    state.report = state.write_report(session.config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -257,3 +326,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         )
+    if state.report is not None:
+        terminalreporter.write_line(f"report: {state.report}")

@@ -211,3 +211,56 @@ def test_user_tests_get_fixtures_and_assertion_helpers(pytester: pytest.Pytester
     )  # fmt: skip
     result = pytester.runpytest("test_bias.py")
     result.assert_outcomes(skipped=3)
+
+
+def test_gate_on_precomputed_results_and_write_the_report(pytester: pytest.Pytester, models):
+    from pytest_biascheck.__main__ import main
+
+    accuracy_only(pytester, "[thresholds]\naccuracy = 0.0\n")
+    out = pytester.path / "results.json"
+    config = str(pytester.path / "biascheck.toml")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(pytester.path / models[0]),
+                "--data",
+                "synthfaces:n=64",
+                "--config",
+                config,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = pytester.runpytest(
+        f"--biascheck={models[0]}", DATA, f"--biascheck-results={out}", "-v", "--biascheck-no-cache"
+    )
+    result.assert_outcomes(passed=3)
+    assert not (pytester.path / "reports" / ".cache").exists()
+    result.stdout.fnmatch_lines([f"report: {pytester.path / 'reports' / 'biascheck.html'}"])
+    report = json.loads((pytester.path / "reports" / "biascheck.json").read_text())
+    assert report["summary"]["passed"] == 3
+    result = pytester.runpytest(f"--biascheck={models[1]}", DATA, f"--biascheck-results={out}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: results file *results.json was computed for another model or data*"]
+    )
+
+
+def test_second_run_reads_the_cache(pytester: pytest.Pytester, models, monkeypatch):
+    import pytest_biascheck.evaluate as evaluate_module
+
+    accuracy_only(pytester, "[thresholds]\naccuracy = 0.0\n")
+    first = pytester.runpytest(f"--biascheck={models[0]}", DATA)
+    first.assert_outcomes(passed=3)
+    assert list((pytester.path / "reports" / ".cache").glob("*.json"))
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("evaluated again instead of reading the cache")
+
+    monkeypatch.setattr(evaluate_module, "run_pass", no_second_pass)
+    second = pytester.runpytest(f"--biascheck={models[0]}", DATA)
+    second.assert_outcomes(passed=3)

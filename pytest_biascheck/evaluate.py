@@ -49,6 +49,11 @@ class Plan:
     bootstrap: int = 1000
     seed: int = 0
 
+    @property
+    def mapped(self) -> tuple[str, ...]:
+        """The attributes that have a region: mask scores and energies are measured for these."""
+        return tuple(a for a in self.attributes if a in self.regions)
+
 
 @dataclass
 class Results:
@@ -213,6 +218,7 @@ def run_pass(
     cam_protected = [p for p in plan.protected if p in spec.attributes]
     maps_for = outputs + [spec.attributes.index(p) for p in cam_protected]
     region_of = _region_lookup(dataset, plan)
+    mapped = [plan.attributes.index(x) for x in plan.mapped]
     state = Pass(_accumulators(plan, cam_protected))
     acc, columns = state.accumulators, state.columns
     subset = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
@@ -232,12 +238,14 @@ def run_pass(
         ).to(dev)
         predicted = (logits[:, outputs] > 0).long()
         groups = {name: _group_values(batch, dataset, name).to(dev) for name in plan.protected}
-        regions = region_of(batch, images.shape[-2:]).to(dev)
         index = batch["index"]
-        acc["mask_score"].update(cams, regions, index, labels, groups)
-        acc["energy"].update(cams, regions, predicted, labels)
-        energy_scores = _energy(cams, regions)
-        acc["energy_cells"].add_scores(energy_scores, energy_scores == 0, index, predicted)
+        if mapped:
+            regions = region_of(batch, images.shape[-2:]).to(dev)
+            cams_r, labels_r, predicted_r = cams[:, mapped], labels[:, mapped], predicted[:, mapped]
+            acc["mask_score"].update(cams_r, regions, index, labels_r, groups)
+            acc["energy"].update(cams_r, regions, predicted_r, labels_r)
+            energy_scores = _energy(cams_r, regions)
+            acc["energy_cells"].add_scores(energy_scores, energy_scores == 0, index, predicted_r)
         for k, name in enumerate(cam_protected):
             acc[f"heatmap:{name}"].update(cams, cam.cams[:, a + k].float(), index, labels, groups)
         acc["groups"].update(labels, predicted, groups)
@@ -281,8 +289,11 @@ def finish(state: Pass, loaded: LoadedModel, data_spec: str, plan: Plan) -> Resu
 
 def summarise(acc: dict[str, Any], frame: pd.DataFrame, plan: Plan) -> dict[str, pd.DataFrame]:
     """Compute every accumulator into tables (after any merge or all-reduce of shards)."""
-    tables = {"mask_score": acc["mask_score"].compute(), "energy": acc["energy"].compute()}
-    tables["energy_cells"] = acc["energy_cells"].compute()
+    tables = {}
+    if plan.mapped:
+        tables["mask_score"] = acc["mask_score"].compute()
+        tables["energy"] = acc["energy"].compute()
+        tables["energy_cells"] = acc["energy_cells"].compute()
     heatmaps = [
         acc[k].compute().assign(protected=k.split(":", 1)[1])
         for k in acc
@@ -307,9 +318,9 @@ def summarise(acc: dict[str, Any], frame: pd.DataFrame, plan: Plan) -> dict[str,
 def _accumulators(plan: Plan, cam_protected: list[str]) -> dict[str, Any]:
     boot = {"n_resamples": plan.bootstrap, "seed": plan.seed}
     acc: dict[str, Any] = {
-        "mask_score": MaskScore(plan.attributes, plan.protected, **boot),
-        "energy": ProportionalEnergy(plan.attributes),
-        "energy_cells": CellScores(plan.attributes, **boot),
+        "mask_score": MaskScore(plan.mapped, plan.protected, **boot),
+        "energy": ProportionalEnergy(plan.mapped),
+        "energy_cells": CellScores(plan.mapped, **boot),
         "groups": GroupRates(plan.attributes, plan.protected),
         "divergence": PredictionDivergence(plan.attributes, plan.protected),
         "mcc": PairwiseMCC(plan.attributes),
@@ -347,13 +358,10 @@ def _with_intervals(summary: pd.DataFrame, frame: pd.DataFrame, plan: Plan) -> p
 
 
 def _region_lookup(dataset: BiasDataset, plan: Plan):
-    """A function batch -> region masks ``[B, A, H, W]``: mask regions of the data, or template boxes."""
-    plan_regions = [plan.regions.get(a) for a in plan.attributes]
-    for attribute, region in zip(plan.attributes, plan_regions, strict=True):
-        if region is None:
-            raise BiascheckError(
-                f'no region for attribute {attribute!r}; set regions = {{ {attribute} = "..." }} in [tool.biascheck]'
-            )
+    """A function batch -> region masks ``[B, A', H, W]`` for the attributes that have a region: mask
+    regions of the data, or template boxes (for data without masks, such as CelebA)."""
+    plan_regions = [plan.regions[a] for a in plan.mapped]
+    for attribute, region in zip(plan.mapped, plan_regions, strict=True):
         if region not in dataset.region_names and region not in TEMPLATE_BOXES:
             have = ", ".join(list(dataset.region_names) + list(TEMPLATE_BOXES))
             raise BiascheckError(

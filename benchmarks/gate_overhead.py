@@ -1,0 +1,81 @@
+"""Overhead of the gate over the bare evaluation pass, and the time of a cached re-run.
+
+    python benchmarks/gate_overhead.py [--model fixtures/faces_biased.pt] [--n 2000]
+
+Prints, from one run: the bare pass (in-process, warm), a full ``pytest --biascheck`` run with the
+cache off, the start-up cost of a Python process importing the same libraries, their ratio
+(target: full minus start-up <= 1.3x the bare pass), and a cached re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_biascheck.config import Settings
+from pytest_biascheck.evaluate import data_for, evaluate, plan_for
+from pytest_biascheck.model import load_checkpoint
+
+
+def timed(cmd: list[str], cwd: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, capture_output=True, check=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fixtures/faces_biased.pt")
+    parser.add_argument("--n", type=int, default=2000)
+    args = parser.parse_args()
+    model_path = str(Path(args.model).resolve())
+    spec = f"synthfaces:n={args.n}" if "faces" in model_path else f"synthbirds:n={args.n}"
+    settings = Settings(data=spec)
+    model = load_checkpoint(model_path)
+    data, dataset = data_for(model, settings)
+    _, plan = plan_for(model, dataset, settings)
+    evaluate(model, dataset, data, plan)  # warm-up: first-use costs are not the pass
+    start = time.perf_counter()
+    evaluate(model, dataset, data, plan)
+    bare = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = [
+            sys.executable,
+            "-m",
+            "pytest",
+            f"--biascheck={model_path}",
+            f"--biascheck-data={spec}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
+        startup = timed(
+            [
+                sys.executable,
+                "-c",
+                "import pytest, torch, torchvision, pytorch_grad_cam, pandas, pytest_biascheck.evaluate",
+            ],
+            tmp,
+        )
+        full = timed([*gate, "--biascheck-no-cache"], tmp)
+        timed(gate, tmp)  # fills the cache
+        cached = timed(gate, tmp)
+    print(f"model {Path(model_path).name}, {args.n} images")
+    print(f"bare evaluation pass (warm, in-process): {bare:7.1f} s")
+    print(f"full pytest --biascheck (no cache):      {full:7.1f} s")
+    print(f"process start-up (imports):              {startup:7.1f} s")
+    print(
+        f"ratio (full - start-up) / bare:          {(full - startup) / bare:7.2f}  (target <= 1.3)"
+    )
+    print(
+        f"cached re-run:                           {cached:7.1f} s  ({cached / full:.2f} of the full run)"
+    )
+
+
+if __name__ == "__main__":
+    main()

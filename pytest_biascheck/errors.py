@@ -3,3 +3,7 @@
 
 class BiascheckError(Exception):
     """Bad input from the user (file, option, config). The plugin turns it into a pytest usage error."""
+
+
+class BiascheckWarning(UserWarning):
+    """A result is computed but may mislead (for example, a region smaller than one CAM cell)."""

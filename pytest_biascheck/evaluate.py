@@ -3,6 +3,7 @@ checks and the report need, computed batch by batch with fixed-size state (plus 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from pytest_biascheck.cam import compute_cams
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.data.regions import TEMPLATE_BOXES, template_box_mask
-from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.metrics import (
     GroupRates,
     HeatmapScore,
@@ -242,6 +243,8 @@ def run_pass(
         if mapped:
             regions = region_of(batch, images.shape[-2:]).to(dev)
             cams_r, labels_r, predicted_r = cams[:, mapped], labels[:, mapped], predicted[:, mapped]
+            if not state.sums:
+                _warn_small_regions(regions, cams_r.shape[-2:], plan.mapped)
             acc["mask_score"].update(cams_r, regions, index, labels_r, groups)
             acc["energy"].update(cams_r, regions, predicted_r, labels_r)
             energy_scores = _energy(cams_r, regions)
@@ -379,6 +382,22 @@ def _region_lookup(dataset: BiasDataset, plan: Plan):
         return torch.stack(layers, 1)
 
     return lookup
+
+
+def _warn_small_regions(regions: torch.Tensor, grid: Sequence[int], names: Sequence[str]) -> None:
+    """Warn when a region covers less than one CAM cell on average: its scores are then coarse."""
+    cells = regions.float().mean((0, 2, 3)) * grid[0] * grid[1]
+    small = [
+        f"{name} ({float(c):.2f} cells)" for name, c in zip(names, cells, strict=True) if c < 1
+    ]
+    if small:
+        warnings.warn(
+            f"regions of {', '.join(small)} cover less than one cell of the {grid[0]}x{grid[1]} CAM "
+            "grid on average, so their mask scores and energies are coarse; use a larger input or an "
+            "earlier target layer",
+            BiascheckWarning,
+            stacklevel=2,
+        )
 
 
 def _group_values(batch: dict, dataset: BiasDataset, name: str) -> torch.Tensor:

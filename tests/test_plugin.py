@@ -264,3 +264,14 @@ def test_second_run_reads_the_cache(pytester: pytest.Pytester, models, monkeypat
     monkeypatch.setattr(evaluate_module, "run_pass", no_second_pass)
     second = pytester.runpytest(f"--biascheck={models[0]}", DATA)
     second.assert_outcomes(passed=3)
+
+
+def test_regions_smaller_than_a_cam_cell_are_warned_about(pytester: pytest.Pytester, models):
+    result = pytester.runpytest(
+        f"--biascheck={models[0]}", DATA, "-k", "mask_score", "--biascheck-no-cache"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*BiascheckWarning: regions of Smiling (0.* cells) cover less than one cell of the 4x4 CAM grid*"
+        ]
+    )

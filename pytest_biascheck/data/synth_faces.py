@@ -88,7 +88,7 @@ class SynthFaces(BiasDataset):
     attributes = ATTRIBUTES
     region_names = REGION_NAMES
     default_scope = {  # noqa: RUF012 - read-only class default
-        "attributes": ["Smiling", "Wearing_Lipstick", "Eyeglasses"],
+        "attributes": ["Smiling"],
         "protected": ["Black_Hair"],
         "regions": ATTRIBUTE_REGIONS,
     }

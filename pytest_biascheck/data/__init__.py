@@ -30,10 +30,10 @@ def _synthfaces(
     return SynthFaces(split=split, image_size=image_size, correlations=presets[preset], **params)
 
 
-def _synthbirds(split: str, image_size: int, **params: Any) -> BiasDataset:
+def _synthbirds(split: str, image_size: int, n: int = 2000, **params: Any) -> BiasDataset:
     from pytest_biascheck.data.synth_birds import SynthBirds
 
-    return SynthBirds(split=split, image_size=image_size, **params)
+    return SynthBirds(n=n, split=split, image_size=image_size, **params)
 
 
 def _real(kind: str) -> DatasetFactory:

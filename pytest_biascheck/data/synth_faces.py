@@ -292,13 +292,15 @@ def _draw(
         return slice(r0, max(min(math.ceil((y1 + margin) * size) + 1, size), r0))
 
     def paint(name: str, where: torch.Tensor, mask: torch.Tensor, band: slice) -> None:
-        sub = layer[:, band]
-        sub[where.view(-1, 1, 1).expand_as(sub) & mask] = _LAYER[name]
+        layer[:, band].masked_fill_(mask & where.view(-1, 1, 1), _LAYER[name])
+
+    def scaled_square(coord: torch.Tensor, centre: float, radius: Radius) -> torch.Tensor:
+        out = coord - centre  # in-place from here on: this is the generator's hot path
+        out.mul_(1.0 / radius if isinstance(radius, float) else (1.0 / radius).view(-1, 1, 1))
+        return out.square_()
 
     def ell(px: float, py: float, rx: Radius, ry: Radius, band: slice) -> torch.Tensor:
-        rx = torch.as_tensor(rx, dtype=torch.float32).view(-1, 1, 1)
-        ry = torch.as_tensor(ry, dtype=torch.float32).view(-1, 1, 1)
-        return ((x[:, band] - px) / rx) ** 2 + ((y[:, band] - py) / ry) ** 2 <= 1.0
+        return scaled_square(x[:, band], px, rx).add_(scaled_square(y[:, band], py, ry)) <= 1.0
 
     def shape_ell(
         name: str, where: torch.Tensor, px: float, py: float, rx: Radius, ry: Radius

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch._dynamo  # noqa: F401 - imported once here: in-process pytester runs drop modules first
-#   imported inside them, and torch._dynamo's operator registrations fail when imported twice.
+
+# Imported once here: in-process pytester runs drop the modules first imported inside them, and
+# torch._dynamo's operator registrations fail when it is imported a second time.
+import torch._dynamo
 
 from pytest_biascheck.model import ModelSpec, save_checkpoint
 from pytest_biascheck.nets import SmallResNet

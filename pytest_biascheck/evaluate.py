@@ -49,6 +49,7 @@ class Plan:
     regions: dict[str, str]
     bootstrap: int = 1000
     seed: int = 0
+    leakage: bool = False  # fit the leakage probe (seconds of L-BFGS) only when its check runs
 
     @property
     def mapped(self) -> tuple[str, ...]:
@@ -170,6 +171,7 @@ def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tu
         regions=scope.regions,
         bootstrap=settings.bootstrap,
         seed=settings.seed,
+        leakage="leakage" in (settings.for_model(model.name).checks or settings.checks),
     )
     return scope, plan
 
@@ -254,7 +256,7 @@ def run_pass(
         acc["groups"].update(labels, predicted, groups)
         acc["divergence"].update(torch.sigmoid(logits[:, outputs]), groups)
         acc["mcc"].update(labels, predicted)
-        if cam.features is not None and plan.protected:
+        if plan.leakage and cam.features is not None and plan.protected:
             acc.setdefault("leakage", LeakageProbe(cam.features.shape[1], plan.protected)).update(
                 cam.features.float(), groups, index
             )

@@ -277,6 +277,17 @@ def _as_feature_map(raw: Tensor, reshape: Reshape | None, name: str) -> Tensor:
     return out
 
 
+def _target_module(model: nn.Module, target_layer: str) -> nn.Module:
+    """The module named ``target_layer``; a clear error when the model has none of that name."""
+    try:
+        return model.get_submodule(target_layer)
+    except AttributeError:
+        raise BiascheckError(
+            f"target layer {target_layer!r} not found in {type(model).__name__}; "
+            "give a dotted module name from model.named_modules(), e.g. 'layer4'"
+        ) from None
+
+
 def compute_cams(
     model: nn.Module,
     images: Tensor,
@@ -312,13 +323,7 @@ def compute_cams(
         raise ValueError(
             f"relu=False is not available for {method!r}: pytorch-grad-cam applies ReLU"
         )
-    try:
-        layer = model.get_submodule(target_layer)
-    except AttributeError:
-        raise BiascheckError(
-            f"target layer {target_layer!r} not found in {type(model).__name__}; "
-            "give a dotted module name from model.named_modules(), e.g. 'layer4'"
-        ) from None
+    layer = _target_module(model, target_layer)
     param = next(model.parameters(), None)
     if param is not None:
         dtype = param.dtype if param.is_floating_point() else images.dtype
@@ -397,3 +402,52 @@ def _batched_cams(
         with torch.no_grad():
             parts.append(method(grads, acts))
     return torch.cat(parts, 1)
+
+
+def gradcam_differentiable(
+    model: nn.Module,
+    images: Tensor,
+    target_layer: str,
+    output: int,
+    *,
+    target: str = "predicted",
+    relu: bool = True,
+    normalize: str | None = "minmax",
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of one output of a multi-label model that gradients flow back through
+    (``create_graph``), for losses on attention such as ROI-IoU: ``(logits [B, K], maps [B, h, w])``
+    from one forward pass, in the model's current mode, with the same weighting, target (
+    ``"predicted"`` = |z|, ``"positive"`` = z) and normalisation as :func:`compute_cams`.
+
+    Each map is the gradient of its own image's score, so batch norm must be in eval mode for the
+    maps to match :func:`compute_cams` (in train mode the images of a batch interact).
+    """
+    if not isinstance(target, str) or target not in ("predicted", "positive"):
+        raise ValueError(f"target must be 'predicted' or 'positive', got {target!r}")
+    _check_args(images, target, "multilabel", normalize, None)
+    captured: list[object] = []
+    handle = _target_module(model, target_layer).register_forward_hook(
+        lambda module, args, out: captured.append(out)
+    )
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+    finally:
+        handle.remove()
+    if len(captured) != 1 or not isinstance(captured[0], Tensor):
+        raise BiascheckError(
+            f"target layer {target_layer!r} must run once and return a tensor in one forward "
+            "pass; choose a feature-map layer such as 'layer4'"
+        )
+    acts = _as_feature_map(captured[0], None, target_layer)
+    if not acts.requires_grad:
+        raise ValueError(
+            "the target layer's output needs gradients: unfreeze the parameters before it"
+        )
+    coef = _target_coefficients(logits.detach(), target, "multilabel", [output])[:, 0]
+    with torch.enable_grad():
+        (grads,) = torch.autograd.grad((coef * logits).sum(), acts, create_graph=True)
+    cams = METHODS["gradcam"](grads[:, None], acts)[:, 0]
+    if relu:
+        cams = cams.clamp_min(0)
+    return logits, _normalise(cams, normalize)

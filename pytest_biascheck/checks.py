@@ -217,7 +217,7 @@ _DATA = "--data {data}"
 ROI_IOU = (
     "python -m mitigations roi-iou --model {model} --out {stem}_roi_iou.pt "
     + _DATA
-    + " --attribute {attribute} --region {other}"
+    + " --lr 0.001 --attribute {attribute} --region {other}"
 )
 AFFACT_B = "python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt " + _DATA
 REBALANCE = (

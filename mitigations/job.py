@@ -1,0 +1,270 @@
+"""One recipe run end to end: check the input, measure the parent with the gate's checks, train,
+save the new checkpoint with its provenance, measure it again, and write the before/after report.
+The input model file is only ever read."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from mitigations.compare import (
+    REPORT_SCHEMA,
+    comparison,
+    evaluate_model,
+    run_checks,
+    table,
+    write_html,
+)
+from mitigations.recipe import Job, Recipe, Setup, dataset_labels, label_columns
+from mitigations.train import TrainConfig, Trained, config_facts, fingerprint, train
+from pytest_biascheck import hookspecs
+from pytest_biascheck.atomic import atomic_write_text
+from pytest_biascheck.checks import Scope, catalogue
+from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
+from pytest_biascheck.data import default_spec, open_data
+from pytest_biascheck.data.base import BiasDataset
+from pytest_biascheck.distributed import process_group
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.evaluate import Plan, Results, data_for, group_levels, plan_for
+from pytest_biascheck.model import LoadedModel, load_checkpoint, save_checkpoint
+from pytest_biascheck.report.document import records, to_json
+
+#: Options that change how a run executes or where it reads and writes, not the weights it makes.
+OPERATIONAL = frozenset(
+    {"model", "out", "config", "device", "resume", "workers", "checkpoint_every", "skip_checks",
+     "eval_data", "eval_batch_size", "micro_batch", "recipe"}
+)  # fmt: skip
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """Files a run writes next to ``out``: the resume state, the JSON report, the HTML folder."""
+    stem = out.name.removesuffix(".pt")
+    return {
+        "resume": out.with_name(f"{out.name}.resume"),
+        "report": out.with_name(f"{stem}.report.json"),
+        "html": out.with_name(f"{stem}.report"),
+    }
+
+
+def check_paths(model: Path, out: Path) -> None:
+    """Refuse, before any work, an output that would overwrite the input or cannot be written."""
+    if out.exists() and model.exists() and out.resolve() == model.resolve():
+        raise BiascheckError(f"--out {out} is the input model; write the new model to another file")
+    if out.is_dir():
+        raise BiascheckError(
+            f"--out {out} is a folder; give a file name such as {out / 'model.pt'}"
+        )
+    folder = out.parent
+    if not folder.is_dir():
+        raise BiascheckError(
+            f"output folder {folder} does not exist; create it or choose another --out"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise BiascheckError(
+            f"output folder {folder} is not writable ({exc.strerror}); choose another --out"
+        ) from None
+
+
+def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that shape the weights, for provenance and for matching a resume file."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in OPERATIONAL and not callable(v)}
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The shared loop's settings from the parsed options."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Everything a run reads before training: settings, plugins, the parent model and the data."""
+
+    settings: Settings
+    hook: Any
+    model: LoadedModel
+    train_spec: str
+    train_data: BiasDataset
+    eval_spec: str
+    eval_data: BiasDataset
+    scope: Scope
+    plan: Plan
+
+
+def load_inputs(args: argparse.Namespace) -> Inputs:
+    """Settings, model and data as the gate would load them; every refusal is a BiascheckError."""
+    settings = load_settings(Path(args.config) if args.config else find_config(Path.cwd()))
+    if args.device is not None:
+        settings.device = args.device
+    if args.eval_batch_size is not None:
+        settings.batch_size = args.eval_batch_size
+    hook = hookspecs.plugin_manager().hook
+    validate_thresholds(settings, catalogue(hook))
+    model_path, out = Path(args.model), Path(args.out)
+    check_paths(model_path, out)
+    model = load_checkpoint(
+        model_path,
+        allow_imports=settings.allow_imports,
+        architectures=hookspecs.merged(hook.pytest_biascheck_architectures()),
+        spec_overrides=settings.for_model(model_path.stem).task,
+    )
+    if model.arch in ("torchscript", "pickled"):
+        raise BiascheckError(
+            f"model {model_path} is a {model.arch} file; recipes need a checkpoint saved with "
+            "pytest_biascheck.model.save_checkpoint() so the new weights can be saved the same way"
+        )
+    datasets = hookspecs.merged(hook.pytest_biascheck_datasets())
+    train_spec = args.data or settings.for_model(model.name).data or settings.data
+    train_spec = train_spec or default_spec(model.spec.attributes)
+    if train_spec is None:
+        raise BiascheckError(f"no training data for model {model.name}; pass --data SPEC")
+    _, height, width = model.spec.input_size
+    size = height if height == width else (height, width)
+    train_data = open_data(train_spec, "train", size, datasets)
+    eval_spec, eval_data = data_for(model, settings, datasets, args.eval_data)
+    scope, plan = plan_for(model, eval_data, settings)
+    return Inputs(settings, hook, model, train_spec, train_data, eval_spec, eval_data, scope, plan)
+
+
+def run(recipe: Recipe, args: argparse.Namespace) -> int:
+    """Run ``recipe`` as the parsed options say; bad input raises BiascheckError before training."""
+    inputs = load_inputs(args)
+    parent, out, paths = inputs.model, Path(args.out), output_paths(Path(args.out))
+    config = train_config(args)
+    with process_group(inputs.settings.device) as (rank, world, device):
+        if config.batch_size < world:
+            raise BiascheckError(
+                f"--batch-size {config.batch_size} is smaller than the {world} processes"
+            )
+        job = Job(parent, inputs.train_data, inputs.train_spec, inputs.scope, inputs.plan, device)
+        setup = recipe.prepare(args, job)
+        extra = [g for g in setup.protected if g not in inputs.plan.protected]
+        inputs.plan = dataclasses.replace(
+            inputs.plan,
+            protected={**inputs.plan.protected, **group_levels(inputs.eval_data, extra)},
+        )
+        evaluate = dict(
+            data=inputs.eval_data, spec=inputs.eval_spec, plan=inputs.plan,
+            batch_size=inputs.settings.batch_size, device=str(device), rank=rank, world=world,
+            progress=rank == 0 and sys.stderr.isatty(),
+        )  # fmt: skip
+        before = None if args.skip_checks else evaluate_model(parent, **evaluate)
+        hyper = hyperparameters(args)
+        run_id = fingerprint(
+            {"recipe": recipe.name, "parent": parent.sha256, **hyper, **config_facts(config)}
+        )
+        trained = train(
+            parent.module,
+            parent.spec,
+            inputs.train_data,
+            setup,
+            config,
+            device,
+            resume_path=paths["resume"],
+            resume=args.resume,
+            run_id=run_id,
+            progress=rank == 0,
+        )
+        provenance = {
+            "recipe": recipe.name,
+            "hyperparameters": hyper,
+            "parent": {"path": str(parent.path), "sha256": parent.sha256},
+            "train_images": len(inputs.train_data if setup.indices is None else setup.indices),
+            "steps": trained.steps,
+            "positive_rates": _positive_rates(parent, inputs.train_data, setup.indices),
+            "recipe_facts": setup.facts,
+        }
+        if rank == 0:
+            save_checkpoint(
+                parent.module, parent.spec, out, parent.arch, parent.arch_kwargs, provenance
+            )
+        if world > 1:
+            dist.barrier()
+        sha = hashlib.sha256(out.read_bytes()).hexdigest()
+        new = LoadedModel(
+            parent.module, parent.spec, out, sha, parent.arch, parent.arch_kwargs, provenance
+        )
+        after = None if args.skip_checks else evaluate_model(new, **evaluate)
+        if rank == 0:
+            paths["resume"].unlink(missing_ok=True)
+            print(
+                f"{out}: {recipe.name} on {inputs.train_spec}, {trained.steps} steps, "
+                f"{trained.images_per_second:.0f} images/s"
+            )
+            if before is not None and after is not None:
+                _report(recipe, inputs, new, setup, hyper, trained, (before, after), paths)
+    return 0
+
+
+def _positive_rates(model: LoadedModel, data: BiasDataset, indices: Any) -> dict[str, float]:
+    """Share of positive training labels per output (the binary-CAM paper's p_m), which the gate
+    uses to tell each attribute's majority class."""
+    labels = dataset_labels(data)[:, label_columns(model, data)]
+    if indices is not None:
+        labels = labels[list(indices)]
+    return dict(zip(model.spec.attributes, labels.double().mean(0).tolist(), strict=True))
+
+
+def _report(
+    recipe: Recipe,
+    inputs: Inputs,
+    new: LoadedModel,
+    setup: Setup,
+    hyper: dict[str, Any],
+    trained: Trained,
+    results: tuple[Results, Results],
+    paths: dict[str, Path],
+) -> None:
+    """Write ``<out>.report.json`` and the gate's HTML of both models; print the table."""
+    models = (inputs.model, new)
+    outcomes = [
+        run_checks(r, m, inputs.scope, inputs.settings, inputs.model.name, inputs.hook)
+        for m, r in zip(models, results, strict=True)
+    ]
+    rows = comparison(*outcomes)
+    data = {"train": inputs.train_spec, "evaluation": inputs.eval_spec}
+    document = {
+        "schema": REPORT_SCHEMA,
+        "recipe": recipe.name,
+        "hyperparameters": hyper,
+        "model": {"path": str(inputs.model.path), "sha256": inputs.model.sha256},
+        "out": {"path": str(new.path), "sha256": new.sha256},
+        "data": data,
+        "training": {
+            "steps": trained.steps,
+            "images": trained.images,
+            "seconds": trained.seconds,
+            "images_per_second": trained.images_per_second,
+            "losses": trained.losses,
+        },
+        "facts": setup.facts,
+        "checks": rows,
+        "measures": {
+            side: setup.measure(r) if setup.measure else {}
+            for side, r in zip(("before", "after"), results, strict=True)
+        },
+        "attributes": {
+            side: records(r.table("overall"))
+            for side, r in zip(("before", "after"), results, strict=True)
+        },
+    }
+    atomic_write_text(paths["report"], to_json(document))
+    entries = [
+        {"results": r, "outcomes": o, "scope": inputs.scope,
+         "model": {"name": m.name, "path": m.path, "sha256": m.sha256, "arch": m.arch,
+                   "provenance": m.provenance}}
+        for m, r, o in zip(models, results, outcomes, strict=True)
+    ]  # fmt: skip
+    html = write_html(paths["html"], entries, {"data": data, "recipe": recipe.name})
+    print(table(rows))
+    print(f"report: {paths['report']}, {html}")

@@ -1,0 +1,146 @@
+"""What a recipe is: a name, the paper's training defaults, its own options, and how it turns a
+loaded model and training data into a per-image loss. Plugins add recipes with the same type."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pytest_biascheck.checks import Scope
+from pytest_biascheck.data.base import BiasDataset
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.evaluate import Plan, Results
+from pytest_biascheck.model import LoadedModel
+
+#: ``loss(module, inputs, batch) -> {"loss": [b], <component>: [b], ...}``: per-image values, so
+#: the training loop can shard and micro-batch a global batch without changing the maths.
+Loss = Callable[[nn.Module, Tensor, Mapping[str, Tensor]], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The training settings a paper reports (every one is a command-line option)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 1
+    clip_grad_norm: float | None = None
+    """Not from the papers: a guard a recipe may need on small models (0 or unset: off)."""
+
+
+@dataclass
+class Job:
+    """What every recipe starts from: the parent model, its training data, what the gate checks."""
+
+    model: LoadedModel
+    train_data: BiasDataset
+    train_spec: str
+    scope: Scope
+    plan: Plan
+    device: torch.device
+
+
+@dataclass
+class Setup:
+    """What a recipe hands to the training loop and to the before/after report."""
+
+    loss: Loss
+    indices: Sequence[int] | None = None
+    """Training images (positions in the training data); None = all of them."""
+    reinitialise: bool = False
+    """Train from freshly initialised weights (batch norm then learns its statistics)."""
+    facts: dict[str, Any] = field(default_factory=dict)
+    """Recipe-specific provenance (weights, counts), stored in the new checkpoint and the report."""
+    measure: Callable[[Results], dict[str, Any]] | None = None
+    """Extra numbers computed from each evaluation (e.g. ROI-IoU's E1/E2 accuracies)."""
+    protected: Sequence[str] = ()
+    """Groups the extra numbers need as columns of the evaluation, beyond the gate's own."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A mitigation: ``python -m mitigations NAME``. ``add_arguments`` adds its own options to an
+    argparse parser (or argument group); ``prepare(args, job)`` validates them and returns the
+    Setup (bad input: BiascheckError); ``defaults`` are the shared training options' defaults."""
+
+    name: str
+    summary: str
+    defaults: Defaults
+    add_arguments: Callable[[Any], None]
+    prepare: Callable[[argparse.Namespace, Job], Setup]
+
+
+def builtin_recipes() -> dict[str, Recipe]:
+    """The recipes that ship with biascheck."""
+    from mitigations import affact_b, rebalance, roi_iou
+
+    return {r.name: r for r in (roi_iou.RECIPE, affact_b.RECIPE, rebalance.RECIPE)}
+
+
+def all_recipes(hook: Any | None = None) -> dict[str, Recipe]:
+    """Built-in recipes plus those plugins return from ``pytest_biascheck_recipes`` (a plugin's
+    recipe replaces a built-in one of the same name, as plugin checks do)."""
+    recipes = builtin_recipes()
+    for extra in hook.pytest_biascheck_recipes() if hook is not None else []:
+        for name, recipe in (extra or {}).items():
+            if not isinstance(recipe, Recipe):
+                raise BiascheckError(
+                    f"plugin recipe {name!r} is a {type(recipe).__name__}; return "
+                    "mitigations.recipe.Recipe objects from pytest_biascheck_recipes"
+                )
+            recipes[name] = recipe
+    return recipes
+
+
+def label_columns(model: LoadedModel, data: BiasDataset) -> Tensor:
+    """Column of each model output in the data's labels; an error names outputs the data lacks."""
+    missing = [a for a in model.spec.attributes if a not in data.attributes]
+    if missing:
+        raise BiascheckError(
+            f"training data has no labels for {', '.join(missing)} predicted by {model.name}; "
+            "pass --data with a dataset that labels every output"
+        )
+    return torch.tensor([data.attributes.index(a) for a in model.spec.attributes])
+
+
+def output_index(model: LoadedModel, attribute: str) -> int:
+    """Position of ``attribute`` among the model's outputs; an error lists the ones it has."""
+    if attribute not in model.spec.attributes:
+        raise BiascheckError(
+            f"model {model.name} does not predict {attribute!r}; choose --attribute from "
+            f"{', '.join(model.spec.attributes)}"
+        )
+    return model.spec.attributes.index(attribute)
+
+
+def dataset_labels(data: BiasDataset) -> Tensor:
+    """All labels ``[n, A]``: the dataset's ``labels`` when it has them (cheap), else one pass."""
+    labels = getattr(data, "labels", None)
+    if isinstance(labels, Tensor):
+        return labels.float()
+    loader = torch.utils.data.DataLoader(data, batch_size=256)
+    return torch.cat([batch["labels"] for batch in loader]).float()
+
+
+def group_values(data: BiasDataset, name: str) -> Tensor:
+    """Per-image values ``[n]`` of a label or a group of the data; an error lists what exists."""
+    if name in data.attributes:
+        return dataset_labels(data)[:, data.attributes.index(name)].long()
+    if name in data.group_names:
+        groups = getattr(data, "groups", None)
+        if not isinstance(groups, Tensor):
+            loader = torch.utils.data.DataLoader(data, batch_size=256)
+            groups = torch.cat([batch["groups"] for batch in loader])
+        return groups[:, data.group_names.index(name)].long()
+    raise BiascheckError(
+        f"{name!r} is neither a label nor a group of the training data; choose from "
+        f"{', '.join(data.attributes + data.group_names)}"
+    )

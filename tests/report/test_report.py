@@ -48,7 +48,7 @@ EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 
 
 def evaluate_tiny(checkpoint: Path) -> Results:
     """A tiny model's Results on 48 small SynthFaces images (Male is predicted: heatmap scores)."""
-    plan = Plan(ATTRIBUTES, PROTECTED, REGIONS, bootstrap=50)
+    plan = Plan(ATTRIBUTES, PROTECTED, REGIONS, bootstrap=50, leakage=True)
     data = SynthFaces(n=48, image_size=32)
     return evaluate(load_checkpoint(checkpoint), data, "synthfaces:n=48", plan, batch_size=16)
 

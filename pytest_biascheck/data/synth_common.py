@@ -79,11 +79,11 @@ def pixel_noise(
     Uniform rather than Gaussian because it is several times cheaper to draw and serves the same
     purpose here: pixel values a model cannot memorise.
     """
-    half_width = np.sqrt(3.0, dtype=np.float32)
-    noise = np.stack(
-        [
-            (r.random((3, height, width), dtype=np.float32) * 2 - 1) * (half_width * s)
-            for r, s in zip(rngs, sigma, strict=True)
-        ]
-    )
+    noise = np.empty((len(rngs), 3, height, width), dtype=np.float32)
+    for r, out in zip(rngs, noise, strict=True):
+        r.random(out=out, dtype=np.float32)
+    scale = np.sqrt(3.0, dtype=np.float32) * np.asarray(sigma, dtype=np.float32)
+    noise *= 2
+    noise -= 1
+    noise *= scale.reshape(-1, 1, 1, 1)
     return torch.from_numpy(noise)

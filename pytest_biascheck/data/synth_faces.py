@@ -281,7 +281,7 @@ def _draw(
     x = (dx * cos + dy * sin) / s + 0.5
     y = (-dx * sin + dy * cos) / s + 0.5
     texture = sc.smooth_noise(rngs, size, size)
-    layer = torch.zeros(b, size, size, dtype=torch.int64)
+    layer = torch.zeros(b, size, size, dtype=torch.uint8)  # byte-wide: painting is memory-bound
     max_angle, max_scale = math.radians(8) * look.pose, 1 + 0.07 * look.pose
 
     def rows(y0: float, y1: float, x_extent: float) -> slice:
@@ -394,16 +394,12 @@ def _draw(
     brim = (y[:, band] > 0.22) & ((x[:, band] - 0.5).abs() < 0.4)
     paint("hat", lab["Wearing_Hat"], (crown | brim) & (y[:, band] < 0.27), band)
 
-    rgb = torch.from_numpy(palette.astype(np.float32))
-    canvas = (
-        rgb.gather(1, layer.view(b, -1, 1).expand(-1, -1, 3))
-        .view(b, size, size, 3)
-        .permute(0, 3, 1, 2)
-    )
-    canvas = torch.where(layer.unsqueeze(1) == 0, canvas * (1 + 0.25 * texture), canvas)
-    noise = sc.pixel_noise(rngs, size, size, [look.noise] * b)
-    image = (canvas + noise).clamp(0.0, 1.0)
-    parts = _PART_OF_LAYER[layer]
+    index = layer.long()
+    rgb = torch.from_numpy(palette.astype(np.float32)).transpose(1, 2)  # [B, 3, layers]
+    canvas = rgb.gather(2, index.view(b, 1, -1).expand(-1, 3, -1)).view(b, 3, size, size)
+    canvas.mul_(texture.mul_(0.25).mul_(layer.unsqueeze(1) == 0).add_(1))  # textured background
+    image = canvas.add_(sc.pixel_noise(rngs, size, size, [look.noise] * b)).clamp_(0.0, 1.0)
+    parts = _PART_OF_LAYER[index]
     landmarks = _landmarks(shift, scale, angle) * size
     return image, parts, landmarks
 

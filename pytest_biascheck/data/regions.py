@@ -74,7 +74,8 @@ def parts_to_regions(parts: torch.Tensor) -> torch.Tensor:
             region_of_part[PART_NAMES.index(part)] = r
     regions = region_of_part[parts.long()].unsqueeze(-3)
     shape = (*parts.shape[:-2], len(REGION_NAMES), *parts.shape[-2:])
-    return torch.zeros(shape, dtype=torch.bool).scatter_(-3, regions, True)  # one-hot, 2x faster than ==
+    # One-hot by scatter: about twice as fast as comparing against every region index.
+    return torch.zeros(shape, dtype=torch.bool).scatter_(-3, regions, True)
 
 
 def template_box_mask(name: str, height: int, width: int) -> torch.Tensor:

@@ -11,12 +11,13 @@ are far from the Euclidean targets ±1, and the first steps' gradients would oth
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mitigations.recipe import Defaults, Job, Recipe, Setup, dataset_labels, label_columns
+from pytest_biascheck.errors import BiascheckError
 
 
 def balanced_weights(positive_rate: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,15 +40,39 @@ def balanced_euclidean_loss(logits: Tensor, labels: Tensor, w_pos: Tensor, w_neg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """AFFACT-b has no options beyond the shared training ones."""
+    """Which outputs get eq. 6's class weights (all of them in the paper)."""
+    parser.add_argument(
+        "--attributes",
+        metavar="A,B,...",
+        help="balance only these outputs (e.g. the ones whose checks failed); the others keep the "
+        "Euclidean loss with weight 1 for both classes; unset: every output, as in the paper",
+    )
+
+
+def chosen_outputs(text: str | None, names: Sequence[str]) -> Tensor:
+    """Boolean ``[A]``: the outputs named in ``--attributes`` (all when unset); an unknown name is
+    an error listing the model's outputs."""
+    if not text:
+        return torch.ones(len(names), dtype=torch.bool)
+    chosen = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in names]
+    if unknown or not chosen:
+        raise BiascheckError(
+            f"--attributes {text!r}: {', '.join(unknown) or 'no name'} is not an output of the "
+            f"model; choose from {', '.join(names)}"
+        )
+    return torch.tensor([a in chosen for a in names])
 
 
 def prepare(args: argparse.Namespace, job: Job) -> Setup:
-    """Weights from the training labels (eq. 6) and the balanced Euclidean loss over all outputs."""
+    """Weights from the training labels (eq. 6) for the chosen outputs, 1 for the others, and the
+    balanced Euclidean loss over all outputs."""
+    chosen = chosen_outputs(getattr(args, "attributes", None), job.model.spec.attributes)
     columns = label_columns(job.model, job.train_data)
     labels = dataset_labels(job.train_data)[:, columns]
     rate = labels.double().mean(0)
     w_pos, w_neg = balanced_weights(rate)
+    w_pos, w_neg = torch.where(chosen, w_pos, 1.0), torch.where(chosen, w_neg, 1.0)
     w_pos, w_neg = w_pos.float().to(job.device), w_neg.float().to(job.device)
     columns = columns.to(job.device)
 
@@ -61,6 +86,7 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     return Setup(
         loss=loss,
         facts={
+            "balanced": [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep],
             "weights_positive": dict(zip(names, w_pos.tolist(), strict=True)),
             "weights_negative": dict(zip(names, w_neg.tolist(), strict=True)),
         },

@@ -1,5 +1,6 @@
 """``python -m pytest_biascheck evaluate``: one evaluation pass written to a results JSON, planned as
-the plugin plans it; under torchrun every process takes a shard and rank 0 writes the file."""
+the plugin plans it; under torchrun every process takes a shard and rank 0 writes the file.
+``python -m pytest_biascheck layers MODEL``: the layers a model's maps can be taken at."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_biascheck.errors import BiascheckError
+
+if TYPE_CHECKING:
+    from pytest_biascheck.config import Settings
+    from pytest_biascheck.model import LoadedModel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,20 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """Load settings, model and data, evaluate (sharded under torchrun) and save the Results."""
+def _load(args: argparse.Namespace) -> tuple[Settings, LoadedModel]:
+    """Settings (``--config`` or the nearest config file) and the model loaded as the plugin does."""
     from pytest_biascheck import hookspecs
     from pytest_biascheck.config import find_config, load_settings
-    from pytest_biascheck.distributed import gather_pass, process_group, shard_indices
-    from pytest_biascheck.evaluate import data_for, finish, plan_for, run_pass
     from pytest_biascheck.model import load_checkpoint
-    from pytest_biascheck.store import save_results
 
     settings = load_settings(Path(args.config) if args.config else find_config(Path.cwd()))
-    if args.batch_size is not None:
-        settings.batch_size = args.batch_size
-    if args.device is not None:
-        settings.device = args.device
     hook = hookspecs.plugin_manager().hook
     model = load_checkpoint(
         args.model,
@@ -43,6 +42,22 @@ def evaluate_command(args: argparse.Namespace) -> int:
         architectures=hookspecs.merged(hook.pytest_biascheck_architectures()),
         spec_overrides=settings.for_model(Path(args.model).stem).task,
     )
+    return settings, model
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Load settings, model and data, evaluate (sharded under torchrun) and save the Results."""
+    from pytest_biascheck import hookspecs
+    from pytest_biascheck.distributed import gather_pass, process_group, shard_indices
+    from pytest_biascheck.evaluate import data_for, finish, plan_for, run_pass
+    from pytest_biascheck.store import save_results
+
+    settings, model = _load(args)
+    if args.batch_size is not None:
+        settings.batch_size = args.batch_size
+    if args.device is not None:
+        settings.device = args.device
+    hook = hookspecs.plugin_manager().hook
     spec, dataset = data_for(
         model, settings, hookspecs.merged(hook.pytest_biascheck_datasets()), args.data
     )
@@ -67,6 +82,44 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def layers_command(args: argparse.Namespace) -> int:
+    """Print the candidate target layers (output shape per image, feature-map layout) in the order
+    they finish, marking the model's target layer and naming the automatic choice."""
+    import torch
+
+    from pytest_biascheck.layers import candidate_layers, choose_target_layer
+
+    _, model = _load(args)
+    if isinstance(model.module, torch.jit.ScriptModule):
+        raise BiascheckError(
+            f"{args.model} is TorchScript, whose layers cannot be hooked; set task.target_layer "
+            "to a dotted name from the original model's named_modules()"
+        )
+    found = candidate_layers(model.module, model.spec.input_size)
+    automatic = choose_target_layer(model.module, found)
+    rows = [("", "layer", "module", "output", "feature map")] + [
+        (
+            "*" if info.name == model.spec.target_layer else "",
+            info.name,
+            info.module,
+            str(list(info.shape)),
+            info.layout.describe(),
+        )
+        for info in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    print(f"{args.model}: {model.arch}, input {list(model.spec.input_size)}")
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print(
+        f"* target layer: {model.spec.target_layer}; automatic choice: {automatic} "
+        "(set task.target_layer in the checkpoint or the config to use another)"
+    )
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -77,7 +130,8 @@ def _positive(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pytest_biascheck",
-        description="biascheck outside pytest: evaluate a model once and save the results.",
+        description="biascheck outside pytest: evaluate a model once and save the results, or "
+        "list the layers its maps can be taken at.",
     )
     commands = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     evaluate = commands.add_parser(
@@ -92,18 +146,34 @@ def _parser() -> argparse.ArgumentParser:
         "--data", metavar="SPEC", help="evaluation data (default: the config's, else synthetic)"
     )
     evaluate.add_argument("--out", required=True, metavar="FILE", help="results JSON to write")
-    evaluate.add_argument(
-        "--config", metavar="FILE", help="settings file (default: biascheck.toml or pyproject.toml)"
-    )
+    _add_loading(evaluate)
     evaluate.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch")
     evaluate.add_argument("--device", metavar="DEVICE", help="torch device (default: auto)")
-    evaluate.add_argument(
+    evaluate.set_defaults(run=evaluate_command)
+    layers = commands.add_parser(
+        "layers",
+        help="list the layers CAMs can be taken at, with output shapes",
+        description="Load a model as `pytest --biascheck` does and list every layer that gives a "
+        "feature map the outputs depend on (CNN maps, channels-last maps, ViT patch tokens), in "
+        "the order they finish, with the automatic target layer used when the checkpoint names "
+        "none.",
+    )
+    layers.add_argument("model", metavar="MODEL", help="model checkpoint")
+    _add_loading(layers)
+    layers.set_defaults(run=layers_command)
+    return parser
+
+
+def _add_loading(parser: argparse.ArgumentParser) -> None:
+    """Options that change how a model loads."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="settings file (default: biascheck.toml or pyproject.toml)"
+    )
+    parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow model files holding pickled Python objects (trusted files only)",
     )
-    evaluate.set_defaults(run=evaluate_command)
-    return parser
 
 
 if __name__ == "__main__":

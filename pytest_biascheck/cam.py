@@ -5,16 +5,17 @@ Matches pytorch-grad-cam's maths; its other methods are a slow per-attribute fal
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.layers import borrowed, output_layout, permute_types, tracing
 
 Reshape = Callable[[Tensor], Tensor]
 Target = str | int | Tensor
@@ -98,25 +99,6 @@ def _resolve_method(method: str) -> str | type:
     )
 
 
-@contextlib.contextmanager
-def _borrowed(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters while inside; every module's mode, each parameter's
-    ``requires_grad`` and ``.grad`` restored on exit, also after an exception."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _, _ in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-
-
 class _Recorder:
     """Forward hooks: the target layer's output becomes a leaf that requires grad, and the leaf
     modules that run after it are listed (with the last ``nn.Linear``'s input and output)."""
@@ -164,10 +146,13 @@ def _is_global_avg_pool(module: nn.Module) -> bool:
 
 def _pooled_linear_head(rec: _Recorder, acts: Tensor, logits: Tensor) -> nn.Linear | None:
     """The head's Linear when all that ran after the target layer is global average pool (+ flatten,
-    dropout, identity) then that one Linear producing the logits, verified numerically; else None."""
+    dropout, identity, permute) then that one Linear producing the logits, verified numerically on
+    the feature map ``acts``; else None."""
     if not rec.after or not isinstance(rec.after[-1], nn.Linear) or rec.linear_out is not logits:
         return None
-    if not all(isinstance(m, _NEUTRAL) or _is_global_avg_pool(m) for m in rec.after[:-1]):
+    if not all(
+        isinstance(m, _NEUTRAL + permute_types()) or _is_global_avg_pool(m) for m in rec.after[:-1]
+    ):
         return None
     pooled = acts.mean((-2, -1))
     if rec.linear_in is None or rec.linear_in.shape != pooled.shape:
@@ -235,7 +220,7 @@ def _fallback_cams(
     layer: nn.Module,
     images: Tensor,
     coef: Tensor,
-    reshape: Reshape | None,
+    reshape: Reshape,
 ) -> Tensor:
     """pytorch-grad-cam's maps [B, M, H, W] (ReLU, min-max, input size), one call per map."""
     for p in model.parameters():
@@ -266,13 +251,32 @@ def _check_args(
         raise ValueError(f"chunk must be a positive number of maps, got {chunk}")
 
 
-def _as_feature_map(raw: Tensor, reshape: Reshape | None, name: str) -> Tensor:
+def _layout_reshape(
+    model: nn.Module,
+    name: str,
+    ran: list[tuple[nn.Module, int]],
+    output: Tensor,
+    image_size: Sequence[int],
+) -> Reshape:
+    """The reshape to [B, C, h, w] read from the target layer (``layers.output_layout``): channels
+    moved first for channels-last and token outputs, class tokens dropped; an error for no map."""
+    layout = output_layout(model, ran, output.shape, image_size)
+    if layout is None:
+        raise BiascheckError(
+            f"target layer {name!r} gives a {list(output.shape)} tensor, not a feature map "
+            "([B, C, h, w], [B, h, w, C] or patch tokens); choose a layer that "
+            "`python -m pytest_biascheck layers MODEL` lists, or pass reshape="
+        )
+    return layout.to_feature_map
+
+
+def _as_feature_map(raw: Tensor, reshape: Reshape, name: str) -> Tensor:
     """The captured activation (or its gradients) as [B, C, h, w]."""
-    out = raw if reshape is None else reshape(raw)
+    out = reshape(raw)
     if out.dim() != 4:
         raise BiascheckError(
-            f"target layer {name!r} gives a {list(out.shape)} tensor, not [B, C, h, w]; "
-            "pass reshape= to turn its output into a feature map"
+            f"reshape= turns the output of target layer {name!r} into a {list(out.shape)} tensor; "
+            "make it return [B, C, h, w]"
         )
     return out
 
@@ -314,8 +318,10 @@ def compute_cams(
     min-max, cv2-resized to the input), resampled to ``size`` or averaged down to the grid.
     Maps go ReLU (if ``relu``) -> bilinear resize to ``size`` -> ``normalize`` ("minmax", "sum",
     None). Gradients come in closed form from the head's weights when only global average pool
-    + one Linear follow the target layer (unless ``closed_form=False``), otherwise from
-    ``torch.autograd.grad(is_grads_batched=True)``. ``reshape`` turns a token output into [B,C,h,w].
+    + one Linear follow the target layer (unless ``closed_form=False`` or ``reshape`` is given),
+    otherwise from ``torch.autograd.grad(is_grads_batched=True)``. ``reshape`` turns the layer's
+    output into [B, C, h, w]; by default it is read from the layer (``layers.output_layout``): ViT
+    tokens lose their class token and go onto the patch grid, Swin's channels-last maps turn.
     """
     _check_args(images, target, head, normalize, chunk)
     resolved = _resolve_method(method)
@@ -329,8 +335,12 @@ def compute_cams(
         dtype = param.dtype if param.is_floating_point() else images.dtype
         images = images.to(param.device, dtype)
 
-    with _borrowed(model):
-        with _Recorder(model, layer, target_layer) as rec, torch.enable_grad():
+    with borrowed(model):
+        with (
+            _Recorder(model, layer, target_layer) as rec,
+            tracing(model, layer) as ran,
+            torch.enable_grad(),
+        ):
             logits = model(images)
         if rec.calls != 1:
             raise BiascheckError(
@@ -341,11 +351,15 @@ def compute_cams(
             raise BiascheckError(
                 f"{type(model).__name__} must return [B, K] logits; wrap it to return one tensor"
             )
-        acts = _as_feature_map(rec.raw.detach(), reshape, target_layer)
+        raw = rec.raw.detach()
+        own_reshape = reshape is None
+        if reshape is None:
+            reshape = _layout_reshape(model, target_layer, ran, raw, images.shape[-2:])
+        acts = _as_feature_map(raw, reshape, target_layer)
         coef = _target_coefficients(logits.detach(), target, head, outputs)
         linear = None
         if isinstance(resolved, str):
-            if closed_form and reshape is None:
+            if closed_form and own_reshape:  # a reshape of the caller's might not be linear
                 linear = _pooled_linear_head(rec, acts, logits)
             cams = _batched_cams(METHODS[resolved], rec, acts, logits, coef, linear, chunk, reshape)
         else:
@@ -368,7 +382,7 @@ def _batched_cams(
     coef: Tensor,
     linear: nn.Linear | None,
     chunk: int | None,
-    reshape: Reshape | None,
+    reshape: Reshape,
 ) -> Tensor:
     """Raw maps [B, M, h, w]: gradients for ``chunk`` maps at a time, then the method's weighting."""
     b, m = coef.shape[:2]
@@ -420,17 +434,18 @@ def gradcam_differentiable(
     ``"predicted"`` = |z|, ``"positive"`` = z) and normalisation as :func:`compute_cams`.
 
     Each map is the gradient of its own image's score, so batch norm must be in eval mode for the
-    maps to match :func:`compute_cams` (in train mode the images of a batch interact).
+    maps to match :func:`compute_cams` (in train mode the images of a batch interact). Token and
+    channels-last outputs are read as :func:`compute_cams` reads them; attention runs on the math
+    kernel, whose gradients can be differentiated again.
     """
     if not isinstance(target, str) or target not in ("predicted", "positive"):
         raise ValueError(f"target must be 'predicted' or 'positive', got {target!r}")
     _check_args(images, target, "multilabel", normalize, None)
     captured: list[object] = []
-    handle = _target_module(model, target_layer).register_forward_hook(
-        lambda module, args, out: captured.append(out)
-    )
-    try:
-        with torch.enable_grad():
+    layer = _target_module(model, target_layer)
+    handle = layer.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:  # the fused attention kernels have no double backward; the math one does (ViT, Swin)
+        with tracing(model, layer) as ran, torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             logits = model(images)
     finally:
         handle.remove()
@@ -439,15 +454,16 @@ def gradcam_differentiable(
             f"target layer {target_layer!r} must run once and return a tensor in one forward "
             "pass; choose a feature-map layer such as 'layer4'"
         )
-    acts = _as_feature_map(captured[0], None, target_layer)
-    if not acts.requires_grad:
+    raw = captured[0]
+    reshape = _layout_reshape(model, target_layer, ran, raw, images.shape[-2:])
+    if not raw.requires_grad:
         raise ValueError(
             "the target layer's output needs gradients: unfreeze the parameters before it"
         )
     coef = _target_coefficients(logits.detach(), target, "multilabel", [output])[:, 0]
     with torch.enable_grad():
-        (grads,) = torch.autograd.grad((coef * logits).sum(), acts, create_graph=True)
-    cams = METHODS["gradcam"](grads[:, None], acts)[:, 0]
+        (grads,) = torch.autograd.grad((coef * logits).sum(), raw, create_graph=True)
+    cams = METHODS["gradcam"](reshape(grads)[:, None], reshape(raw))[:, 0]
     if relu:
         cams = cams.clamp_min(0)
     return logits, _normalise(cams, normalize)

@@ -6,6 +6,7 @@ so opening one never runs code. Pickled ``nn.Module`` files load only with an ex
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -24,7 +25,8 @@ from torch import nn
 
 from pytest_biascheck.atomic import atomic_open
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.nets import small_resnet
+from pytest_biascheck.layers import candidate_layers, choose_target_layer
+from pytest_biascheck.nets import small_resnet, small_vit
 
 FORMAT = "biascheck/1"
 HEADS = ("multilabel", "multiclass")
@@ -32,7 +34,10 @@ TORCHSCRIPT_SPEC = "biascheck.json"
 
 Factory = Callable[..., nn.Module]
 
-_ARCHITECTURES: dict[str, Factory] = {"biascheck.small_resnet": small_resnet}
+_ARCHITECTURES: dict[str, Factory] = {
+    "biascheck.small_resnet": small_resnet,
+    "biascheck.small_vit": small_vit,
+}
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,9 @@ def load_checkpoint(
 ) -> LoadedModel:
     """Load a checkpoint, a TorchScript file or (trusted only) a pickled module, fully validated.
 
-    Every refusal is a ``BiascheckError`` with one line naming the file and what to do instead.
+    A spec without ``target_layer`` gets the automatic one (``layers`` module docstring; not for
+    TorchScript, whose layers cannot be hooked). Every refusal is a ``BiascheckError`` with one line
+    naming the file and what to do instead.
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -231,6 +238,7 @@ def load_checkpoint(
     module.eval()
     _check_outputs(path, module, spec)
     _check_target_layer(path, module, spec)
+    spec = _with_target_layer(path, module, spec)
     return LoadedModel(module, spec, path, digest, arch, arch_kwargs, provenance)
 
 
@@ -374,6 +382,19 @@ def _check_target_layer(path: Path, module: nn.Module, spec: ModelSpec) -> None:
             f"model {path}: target layer {spec.target_layer!r} does not exist; "
             f"close names: {', '.join(close) or ', '.join(names[-3:])}"
         )
+
+
+def _with_target_layer(path: Path, module: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """The spec with its target layer chosen by the automatic rule when it names none."""
+    if spec.target_layer is not None or isinstance(module, torch.jit.ScriptModule):
+        return spec
+    layer = choose_target_layer(module, candidate_layers(module, spec.input_size))
+    if layer is None:
+        raise BiascheckError(
+            f"model {path}: no layer gives a feature map that the outputs depend on (an all-zero "
+            "head, as in an untrained torchvision ViT, depends on none); set task.target_layer"
+        )
+    return dataclasses.replace(spec, target_layer=layer)
 
 
 def _first(items: list[str], n: int = 3) -> str:

@@ -1,11 +1,16 @@
-"""The project's own small residual CNNs, sized so that ``layer4`` gives an 8x8 CAM grid at 64x64 input."""
+"""The project's own small nets: residual CNNs sized so that ``layer4`` gives an 8x8 CAM grid at 64x64
+input, and a small vision transformer for token-model checks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchvision.models import VisionTransformer
 
 
 class BasicBlock(nn.Module):
@@ -77,3 +82,24 @@ class SmallResNet(nn.Module):
 def small_resnet(num_outputs: int, **kwargs) -> SmallResNet:
     """Factory used by the architecture registry (name ``biascheck.small_resnet``)."""
     return SmallResNet(num_outputs, **kwargs)
+
+
+def small_vit(
+    num_outputs: int,
+    image_size: int = 48,
+    patch_size: int = 8,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    hidden_dim: int = 64,
+    mlp_dim: int = 128,
+) -> VisionTransformer:
+    """A small torchvision ViT (name ``biascheck.small_vit``): a 6x6 patch grid at 48x48 input, for
+    token-model checks that must run in seconds on a CPU. Its head starts random, not zero as in
+    torchvision, so that an untrained one already has maps."""
+    from torchvision.models import VisionTransformer  # imported on use: torchvision loads slowly
+
+    model = VisionTransformer(
+        image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, num_classes=num_outputs
+    )
+    nn.init.normal_(model.heads.head.weight, std=hidden_dim**-0.5)
+    return model

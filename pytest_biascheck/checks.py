@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pytest_biascheck.data.base import group_parts
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
@@ -40,14 +41,23 @@ class Target:
 
 @dataclass(frozen=True)
 class Scope:
-    """What a model is checked on: attributes, protected groups, the region of each attribute, and
-    which protected groups the model itself predicts (those have maps, for heatmap scores)."""
+    """What a model is checked on: attributes, protected groups (``"Male*Young"`` for an
+    intersection), the region of each attribute, and which protected groups the model itself
+    predicts (those have maps, for heatmap scores). For a multiclass head ``attributes`` are the
+    checked classes and ``task`` names the K-way task."""
 
     attributes: Sequence[str]
     protected: Sequence[str]
     regions: dict[str, str]
     predicted_groups: Sequence[str] = ()
     positive_rates: dict[str, float] = field(default_factory=dict)
+    head: str = "multilabel"
+    task: str | None = None
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the model has a K-way (softmax) head."""
+        return self.head == "multiclass"
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,18 @@ class Check:
 
 
 def per_attribute(scope: Scope) -> list[Target]:
+    """Each attribute (each class of a multiclass head)."""
     return [Target(a) for a in scope.attributes]
+
+
+def per_task(scope: Scope) -> list[Target]:
+    """A multiclass head's task as a whole, else each attribute."""
+    return [Target(scope.task)] if scope.multiclass else per_attribute(scope)
+
+
+def per_class(scope: Scope) -> list[Target]:
+    """Each class of a multiclass head (none for a multilabel one)."""
+    return per_attribute(scope) if scope.multiclass else []
 
 
 def per_region(scope: Scope) -> list[Target]:
@@ -84,7 +105,19 @@ def per_region(scope: Scope) -> list[Target]:
 
 
 def per_group(scope: Scope) -> list[Target]:
-    return [Target(a, g) for a in scope.attributes for g in scope.protected if g != a]
+    """Each attribute (class, one-vs-rest) across each protected group it is not part of."""
+    return [
+        Target(a, g) for a in scope.attributes for g in scope.protected if a not in group_parts(g)
+    ]
+
+
+def per_task_group(scope: Scope) -> list[Target]:
+    """A multiclass head's task across each protected group that does not name a class or the
+    task itself, else :func:`per_group`."""
+    if not scope.multiclass:
+        return per_group(scope)
+    own = {scope.task, *scope.attributes}
+    return [Target(scope.task, g) for g in scope.protected if not own & set(group_parts(g))]
 
 
 def per_predicted_group(scope: Scope) -> list[Target]:
@@ -96,11 +129,20 @@ def per_protected(scope: Scope) -> list[Target]:
 
 
 def accuracy(results: Results, target: Target, scope: Scope) -> Measurement:
-    correct = (results.column("z", target.attribute) > 0) == (
-        results.column("y", target.attribute) > 0.5
-    )
+    """Accuracy of an attribute, or top-1 accuracy of a multiclass task."""
+    correct = results.predicted(target.attribute) == results.label(target.attribute)
     mean, low, high = bootstrap_ci(torch.from_numpy(correct.astype(np.float64)), seed=0)
     return Measurement(float(mean), float(low), float(high), len(correct))
+
+
+def class_accuracy(results: Results, target: Target, scope: Scope) -> Measurement:
+    """Per-class accuracy of a multiclass head: the share of the class's images predicted as it."""
+    members = results.label(target.attribute)
+    if not members.any():
+        return Measurement(float("nan"), float("nan"), float("nan"), 0)
+    hits = torch.from_numpy(results.predicted(target.attribute).astype(np.float64))
+    mean, low, high = bootstrap_ci(hits, seed=0, weights=torch.from_numpy(members))
+    return Measurement(float(mean), float(low), float(high), int(members.sum()))
 
 
 def _overall_row(table: pd.DataFrame, attribute: str, **match: Any) -> pd.Series:
@@ -186,7 +228,8 @@ def _group_stat(stat: str) -> Callable[[Results, Target, Scope], Measurement]:
         if rows.empty:
             raise BiascheckError(f"no {stat} for {target.attribute!r} across {target.other!r}")
         row = rows.iloc[0]
-        return Measurement(row["value"], row["low"], row["high"], len(results.frame))
+        n = 0 if math.isnan(row["value"]) else len(results.frame)  # NaN: no group to compare
+        return Measurement(row["value"], row["low"], row["high"], n)
 
     measure.__name__ = stat
     return measure
@@ -237,8 +280,10 @@ JLU = (
 )
 
 BUILTIN: tuple[Check, ...] = (
-    Check("accuracy", "min", 0.7, "accuracy on the evaluation data, so a fix cannot trade accuracy away unseen",
-          AFFACT_B, per_attribute, accuracy),
+    Check("accuracy", "min", 0.7, "accuracy on the evaluation data (top-1 for a multiclass head), so a fix cannot trade accuracy away unseen",
+          AFFACT_B, per_task, accuracy),
+    Check("class_accuracy", "min", 0.5, "per-class accuracy of a multiclass head: share of the class's images predicted as that class",
+          AFFACT_B, per_class, class_accuracy),
     Check("mask_score", "min", 0.4, "Attention-IoU mask score: how much the attribute's CAM overlaps its region",
           ROI_IOU, per_region, mask_score),
     Check("heatmap_score", "max", 0.7, "Attention-IoU heatmap score: how much the attribute's CAM overlaps the protected attribute's",
@@ -249,13 +294,13 @@ BUILTIN: tuple[Check, ...] = (
           ROI_IOU, per_region, minority_energy, default=False),
     Check("no_activation_rate", "max", 0.2, "share of images whose CAM is empty (a prediction from the bias neuron alone)",
           AFFACT_B, per_attribute, no_activation_rate),
-    Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells",
-          REBALANCE, per_group, _group_stat("worst_group_accuracy")),
+    Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells (true class x group for a multiclass head)",
+          REBALANCE, per_task_group, _group_stat("worst_group_accuracy")),
     Check("group_accuracy_gap", "max", 0.1, "largest accuracy difference between values of the protected group",
-          REBALANCE, per_group, _group_stat("accuracy_gap")),
-    Check("fnr_gap", "max", 0.15, "largest false-negative-rate difference between groups",
+          REBALANCE, per_task_group, _group_stat("accuracy_gap")),
+    Check("fnr_gap", "max", 0.15, "largest false-negative-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
           REBALANCE, per_group, _group_stat("fnr_gap")),
-    Check("fpr_gap", "max", 0.15, "largest false-positive-rate difference between groups",
+    Check("fpr_gap", "max", 0.15, "largest false-positive-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
           REBALANCE, per_group, _group_stat("fpr_gap")),
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),

@@ -25,6 +25,10 @@ class ModelSettings:
     thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
     task: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    metadata: str | None = None
+    metadata_id: str | None = None
+    min_group_share: float | None = None
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Settings:
     seed: int = 0
     bootstrap: int = 1000
     min_group_share: float = 0.01
+    metadata: str | None = None
+    metadata_id: str = "image_id"
     allow_imports: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
@@ -50,6 +56,21 @@ class Settings:
     def for_model(self, stem: str) -> ModelSettings:
         """The model's own settings, or defaults when the config does not name it."""
         return self.models.get(stem, ModelSettings())
+
+    def min_share(self, stem: str) -> float:
+        """The model's ``min_group_share``, else the global one."""
+        own = self.for_model(stem).min_group_share
+        return self.min_group_share if own is None else own
+
+    def metadata_for(self, stem: str) -> tuple[Path, str] | None:
+        """(CSV path, id column) of the model's metadata join, else the global one, else None; a
+        relative path is taken from the config file's folder."""
+        own = self.for_model(stem)
+        path = own.metadata or self.metadata
+        if path is None:
+            return None
+        folder = Path(self.source).parent if self.source else Path.cwd()
+        return folder / path, own.metadata_id or self.metadata_id
 
 
 def find_config(rootdir: Path) -> Path | None:
@@ -77,7 +98,22 @@ def load_settings(path: Path | None) -> Settings:
         Settings, table, "tool.biascheck" if path.name == "pyproject.toml" else "", path
     )
     settings.source = str(path)
+    _check_shares(settings, path)
     return settings
+
+
+def _check_shares(settings: Settings, path: Path) -> None:
+    """``min_group_share`` must be a fraction of the images in [0, 1)."""
+    shares = [("min_group_share", settings.min_group_share)] + [
+        (f"models.{stem}.min_group_share", m.min_group_share)
+        for stem, m in settings.models.items()
+        if m.min_group_share is not None
+    ]
+    for where, share in shares:
+        if not 0 <= share < 1:
+            raise BiascheckError(
+                f"{path}: {where} must be a fraction of the images in [0, 1) (0.01 = 1%), got {share}"
+            )
 
 
 def validate_thresholds(settings: Settings, check_names: typing.Collection[str]) -> None:

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pytest_biascheck.cam import compute_cams
 from pytest_biascheck.config import Settings
-from pytest_biascheck.data.base import BiasDataset
+from pytest_biascheck.data.base import INTERSECTION, BiasDataset, group_parts
 from pytest_biascheck.data.regions import TEMPLATE_BOXES, template_box_mask
 from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.metrics import (
@@ -29,6 +30,11 @@ from pytest_biascheck.metrics import (
     ProportionalEnergy,
 )
 from pytest_biascheck.metrics.group import bootstrap_summary
+from pytest_biascheck.metrics.multiclass import (
+    CLASS_SUMMARY,
+    ClassRates,
+    bootstrap_class_summary,
+)
 from pytest_biascheck.metrics.scores import CellScores
 from pytest_biascheck.model import LoadedModel
 
@@ -39,10 +45,21 @@ if TYPE_CHECKING:
 SAMPLES = 8
 
 
+#: Name of a multiclass head's K-way task when no ``label`` column names it.
+DEFAULT_TASK = "class"
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to measure: checked attributes, protected groups (with their number of values), and the
-    region each attribute should be looked at in."""
+    region each attribute should be looked at in.
+
+    For a multiclass head (``head="multiclass"``) ``attributes`` are its K classes, each measured
+    one-vs-rest with its own map, and ``task`` names the K-way task (top-1 accuracy, worst-group
+    accuracy over class x group cells); the true class comes from the data column ``label``, or
+    from one-hot label columns named like the classes. ``min_group_share`` leaves smaller groups out
+    of group statistics; ``levels`` names each protected group's values for reports.
+    """
 
     attributes: tuple[str, ...]
     protected: dict[str, int]
@@ -50,11 +67,27 @@ class Plan:
     bootstrap: int = 1000
     seed: int = 0
     leakage: bool = False  # fit the leakage probe (seconds of L-BFGS) only when its check runs
+    head: str = "multilabel"
+    task: str | None = None
+    label: str | None = None
+    min_group_share: float = 0.01
+    levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def mapped(self) -> tuple[str, ...]:
         """The attributes that have a region: mask scores and energies are measured for these."""
         return tuple(a for a in self.attributes if a in self.regions)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """A plan from its ``dataclasses.asdict`` form after a JSON round trip (lists -> tuples)."""
+        return cls(
+            **{
+                **data,
+                "attributes": tuple(data["attributes"]),
+                "levels": {k: tuple(v) for k, v in data.get("levels", {}).items()},
+            }
+        )
 
 
 @dataclass
@@ -85,6 +118,35 @@ class Results:
             )
         return self.frame[key].to_numpy()
 
+    @property
+    def head(self) -> str:
+        """``"multilabel"`` or ``"multiclass"`` (results without a plan are multilabel)."""
+        return self.plan.head if self.plan else "multilabel"
+
+    def label(self, name: str) -> np.ndarray:
+        """True value per image: 0/1 for an attribute or class, the class index for the task name."""
+        if self.head == "multiclass" and name == self.plan.task:
+            return self._argmax("y")
+        return (self.column("y", name) > 0.5).astype(np.int64)
+
+    def predicted(self, name: str) -> np.ndarray:
+        """Prediction per image: 0/1 for an attribute (logit > 0) or a class (it is the argmax
+        class), the argmax class index for a multiclass head's task name."""
+        if self.head != "multiclass":
+            return (self.column("z", name) > 0).astype(np.int64)
+        index = self._argmax("z")
+        if name == self.plan.task:
+            return index
+        if name not in self.plan.attributes:
+            raise BiascheckError(
+                f"{self.model}: {name!r} is not a class of this multiclass model; choose from "
+                f"{', '.join((self.plan.task, *self.plan.attributes))}"
+            )
+        return (index == self.plan.attributes.index(name)).astype(np.int64)
+
+    def _argmax(self, kind: str) -> np.ndarray:
+        return np.stack([self.column(kind, c) for c in self.plan.attributes], 1).argmax(1)
+
     def table(self, name: str) -> pd.DataFrame:
         """A metric table; a clear error when this evaluation did not compute it."""
         if name not in self.tables:
@@ -102,20 +164,9 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def group_levels(dataset: BiasDataset, names: Sequence[str]) -> dict[str, int]:
-    """Number of values of each protected group: 2 for a label, else the dataset's declared levels."""
-    declared = getattr(dataset, "group_levels", {})
-    levels = {}
-    for name in names:
-        if name in dataset.attributes:
-            levels[name] = 2
-        elif name in dataset.group_names:
-            levels[name] = len(declared.get(name, (0, 1)))
-        else:
-            have = ", ".join(dataset.attributes + dataset.group_names)
-            raise BiascheckError(
-                f"protected group {name!r} is neither a label nor a group of the data; choose from {have}"
-            )
-    return levels
+    """Number of values of each protected group: 2 for a label, the dataset's declared levels for a
+    group column, the product of its parts' for an intersection such as ``"Male*Young"``."""
+    return {name: len(dataset.protected_levels(name)) for name in names}
 
 
 def data_for(
@@ -125,7 +176,8 @@ def data_for(
     spec: str | None = None,
 ) -> tuple[str, BiasDataset]:
     """(spec, test split) a model is evaluated on: ``spec`` if given, else the model's setting, the
-    global setting, or the synthetic set carrying its attributes; ``extra`` are plugin datasets."""
+    global setting, or the synthetic set carrying its attributes; ``extra`` are plugin datasets.
+    Group columns of a configured metadata CSV are joined on the image id."""
     from pytest_biascheck.data import default_spec, open_data
 
     spec = spec or settings.for_model(model.name).data or settings.data
@@ -137,7 +189,13 @@ def data_for(
         )
     _, height, width = model.spec.input_size
     size = height if height == width else (height, width)
-    return spec, open_data(spec, "test", size, extra)
+    dataset = open_data(spec, "test", size, extra)
+    metadata = settings.metadata_for(model.name)
+    if metadata is not None:
+        from pytest_biascheck.data.real import MetadataGroups
+
+        dataset = MetadataGroups(dataset, *metadata)
+    return spec, dataset
 
 
 def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tuple[Scope, Plan]:
@@ -147,33 +205,116 @@ def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tu
 
     own = settings.for_model(model.name)
     default = getattr(dataset, "default_scope", {})
-    attributes = own.attributes or [
-        a for a in default.get("attributes", dataset.attributes) if a in model.spec.attributes
+    multiclass = model.spec.head == "multiclass"
+    where = f"[tool.biascheck.models.{model.name}]"
+    task = _task_name(model, own.label, where)
+    attributes = _checked(model, dataset, own.attributes, default, where)
+    if multiclass:
+        class_lookup(dataset, model.spec.attributes, own.label, where)
+    defaults = [  # a multiclass head's classes are its label, not protected groups
+        g
+        for g in default.get("protected", [])
+        if not (multiclass and set(group_parts(g)) & set(model.spec.attributes))
     ]
-    for name in attributes:
-        if name not in model.spec.attributes or name not in dataset.attributes:
-            raise BiascheckError(
-                f"model {model.name}: attribute {name!r} is not predicted by the model or not labelled "
-                f"in the data; fix [tool.biascheck.models.{model.name}] attributes"
-            )
-    protected = own.protected or list(default.get("protected", []))
-    regions = {**default.get("regions", {}), **own.regions}
+    protected = [INTERSECTION.join(group_parts(g)) for g in own.protected or defaults]
+    shared = dict.fromkeys(model.spec.attributes, own.regions[task]) if task in own.regions else {}
+    regions = {**default.get("regions", {}), **shared, **own.regions}  # the task's: every class's
     scope = Scope(
         attributes=attributes,
         protected=protected,
         regions={a: regions[a] for a in attributes if a in regions},
-        predicted_groups=[g for g in protected if g in model.spec.attributes],
+        predicted_groups=[] if multiclass else [g for g in protected if g in model.spec.attributes],
         positive_rates=dict(model.provenance.get("positive_rates", {})),
+        head=model.spec.head,
+        task=task,
     )
     plan = Plan(
-        attributes=tuple(scope.attributes),
+        attributes=tuple(model.spec.attributes if multiclass else scope.attributes),
         protected=group_levels(dataset, scope.protected),
         regions=scope.regions,
         bootstrap=settings.bootstrap,
         seed=settings.seed,
-        leakage="leakage" in (settings.for_model(model.name).checks or settings.checks),
+        leakage="leakage" in (own.checks or settings.checks),
+        head=model.spec.head,
+        task=task,
+        label=own.label,
+        min_group_share=settings.min_share(model.name),
+        levels={g: dataset.protected_levels(g) for g in scope.protected},
     )
     return scope, plan
+
+
+def _task_name(model: LoadedModel, label: str | None, where: str) -> str | None:
+    """A multiclass head's task name (its ``label`` column, else "class"); None for multilabel."""
+    if model.spec.head != "multiclass":
+        if label is not None:
+            raise BiascheckError(
+                f"model {model.name} has a multilabel head, so label (the class column of a "
+                f"multiclass head) does not apply; remove it from {where}"
+            )
+        return None
+    task = label or DEFAULT_TASK
+    if task in model.spec.attributes:
+        raise BiascheckError(
+            f"model {model.name}: the task name {task!r} is also a class name; set label under "
+            f"{where} to a column of another name"
+        )
+    return task
+
+
+def _checked(
+    model: LoadedModel,
+    dataset: BiasDataset,
+    configured: Sequence[str],
+    default: Mapping[str, Any],
+    where: str,
+) -> list[str]:
+    """The attributes (a multiclass head: classes) to check: configured, else the data's default
+    ones the model predicts (a multiclass head: all its classes); unknown names are errors."""
+    if model.spec.head == "multiclass":
+        unknown = [a for a in configured if a not in model.spec.attributes]
+        if unknown:
+            raise BiascheckError(
+                f"model {model.name}: {unknown[0]!r} is not one of its classes "
+                f"({', '.join(model.spec.attributes)}); fix {where} attributes"
+            )
+        return list(configured or model.spec.attributes)
+    predicted = model.spec.attributes
+    attributes = list(configured) or [
+        a for a in default.get("attributes", dataset.attributes) if a in predicted
+    ]
+    for name in attributes:
+        if name not in predicted or name not in dataset.attributes:
+            raise BiascheckError(
+                f"model {model.name}: attribute {name!r} is not predicted by the model or not "
+                f"labelled in the data; fix {where} attributes"
+            )
+    return attributes
+
+
+def class_lookup(
+    dataset: BiasDataset, classes: Sequence[str], label: str | None, where: str = "the config"
+) -> torch.Tensor | None:
+    """How a multiclass head's true class is read from the data: None for one-hot label columns
+    named like the classes, else a table from the codes of data column ``label`` to class indices
+    (matched by name, or by position when its values are 0..K-1); a one-line error otherwise."""
+    if label is None:
+        missing = [c for c in classes if c not in dataset.attributes]
+        if missing:
+            raise BiascheckError(
+                f"the data has no label column for class {missing[0]!r} of the multiclass model; "
+                f'set label = "<column holding the class>" under {where}'
+            )
+        return None
+    levels = dataset.protected_levels(label)
+    if set(levels) <= set(classes):
+        return torch.tensor([classes.index(v) for v in levels])
+    if levels == tuple(str(i) for i in range(len(classes))):
+        return torch.arange(len(classes))
+    raise BiascheckError(
+        f"values of label column {label!r} ({', '.join(levels)}) are neither the model's classes "
+        f"({', '.join(classes)}) nor 0..{len(classes) - 1}; recode the column or fix {where} label"
+    )
 
 
 @dataclass
@@ -217,10 +358,12 @@ def run_pass(
         raise BiascheckError(
             f"model {loaded.name} names no target layer; set task.target_layer in the checkpoint"
         )
+    multiclass = plan.head == "multiclass"
     outputs = [spec.attributes.index(a) for a in plan.attributes]
-    cam_protected = [p for p in plan.protected if p in spec.attributes]
+    cam_protected = [] if multiclass else [p for p in plan.protected if p in spec.attributes]
     maps_for = outputs + [spec.attributes.index(p) for p in cam_protected]
     region_of = _region_lookup(dataset, plan)
+    true_class = _class_reader(dataset, plan) if multiclass else None
     mapped = [plan.attributes.index(x) for x in plan.mapped]
     state = Pass(_accumulators(plan, cam_protected))
     acc, columns = state.accumulators, state.columns
@@ -232,16 +375,28 @@ def run_pass(
     ):
         images = batch["image"].to(dev)
         cam = compute_cams(
-            module, spec.normalize(images), spec.target_layer, outputs=maps_for, head=spec.head
+            module,
+            spec.normalize(images),
+            spec.target_layer,
+            outputs=maps_for,
+            head=spec.head,
+            target="positive" if multiclass else "predicted",  # class logits; binary: |z|
         )
         logits = cam.logits.float()
         cams = cam.cams[:, :a].float()
-        labels = torch.stack(
-            [batch["labels"][:, dataset.attribute_index(x)] for x in plan.attributes], 1
-        ).to(dev)
-        predicted = (logits[:, outputs] > 0).long()
-        groups = {name: _group_values(batch, dataset, name).to(dev) for name in plan.protected}
+        groups = {name: dataset.protected_values(batch, name).to(dev) for name in plan.protected}
         index = batch["index"]
+        if true_class is None:
+            labels = torch.stack(
+                [batch["labels"][:, dataset.attribute_index(x)] for x in plan.attributes], 1
+            ).to(dev)
+            predicted = (logits[:, outputs] > 0).long()
+            probabilities = torch.sigmoid(logits[:, outputs])
+        else:  # every class one-vs-rest; the task from the class indices
+            truth, guess = true_class(batch).to(dev), logits.argmax(1)
+            labels, predicted = F.one_hot(truth, a), F.one_hot(guess, a)
+            probabilities = torch.softmax(logits, 1)
+            acc["classes"].update(truth, guess, groups)
         if mapped:
             regions = region_of(batch, images.shape[-2:]).to(dev)
             cams_r, labels_r, predicted_r = cams[:, mapped], labels[:, mapped], predicted[:, mapped]
@@ -254,7 +409,7 @@ def run_pass(
         for k, name in enumerate(cam_protected):
             acc[f"heatmap:{name}"].update(cams, cam.cams[:, a + k].float(), index, labels, groups)
         acc["groups"].update(labels, predicted, groups)
-        acc["divergence"].update(torch.sigmoid(logits[:, outputs]), groups)
+        acc["divergence"].update(probabilities, groups)
         acc["mcc"].update(labels, predicted)
         if plan.leakage and cam.features is not None and plan.protected:
             acc.setdefault("leakage", LeakageProbe(cam.features.shape[1], plan.protected)).update(
@@ -269,6 +424,29 @@ def run_pass(
         for name, values in groups.items():
             _append(columns, f"g:{name}", values)
     return state
+
+
+def _class_reader(dataset: BiasDataset, plan: Plan):
+    """A function batch -> true class indices ``[B]`` of a multiclass head (see ``class_lookup``);
+    one-hot label columns must mark exactly one class per image."""
+    lookup = class_lookup(dataset, plan.attributes, plan.label)
+    columns = [dataset.attribute_index(c) for c in plan.attributes] if lookup is None else []
+
+    def read(batch: dict) -> torch.Tensor:
+        if lookup is not None:
+            return lookup[dataset.protected_values(batch, plan.label)]
+        onehot = batch["labels"][:, columns] > 0.5
+        count = onehot.sum(1)
+        if (count != 1).any():
+            bad = int((count != 1).nonzero()[0, 0])
+            raise BiascheckError(
+                f"image {int(batch['index'][bad])} has {int(count[bad])} of the classes "
+                f"{', '.join(plan.attributes)} labelled, a multiclass head needs exactly one; "
+                "fix the labels or set label to a column holding the class"
+            )
+        return onehot.long().argmax(1)
+
+    return read
 
 
 def finish(state: Pass, loaded: LoadedModel, data_spec: str, plan: Plan) -> Results:
@@ -288,12 +466,13 @@ def finish(state: Pass, loaded: LoadedModel, data_spec: str, plan: Plan) -> Resu
         maps=state.sums,
         plan=plan,
     )
-    results.tables = summarise(state.accumulators, frame, plan)
+    results.tables = summarise(state.accumulators, results)
     return results
 
 
-def summarise(acc: dict[str, Any], frame: pd.DataFrame, plan: Plan) -> dict[str, pd.DataFrame]:
+def summarise(acc: dict[str, Any], results: Results) -> dict[str, pd.DataFrame]:
     """Compute every accumulator into tables (after any merge or all-reduce of shards)."""
+    plan = results.plan
     tables = {}
     if plan.mapped:
         tables["mask_score"] = acc["mask_score"].compute()
@@ -310,9 +489,24 @@ def summarise(acc: dict[str, Any], frame: pd.DataFrame, plan: Plan) -> dict[str,
     tables["overall"] = group_tables["overall"]
     tables["group_rates"] = group_tables["groups"]
     tables["group_cells"] = group_tables["cells"]
-    tables["group_summary"] = _with_intervals(group_tables["summary"], frame, plan)
+    summary = _with_intervals(group_tables["summary"], results)
+    excluded = [group_tables["excluded"]]
+    if "classes" in acc:
+        class_tables = acc["classes"].compute()
+        for name in ("task", "classes", "confusion"):
+            tables[name] = class_tables[name]
+        tables["task_groups"] = class_tables["groups"].assign(attribute=plan.task)
+        tables["task_cells"] = class_tables["cells"].assign(attribute=plan.task)
+        one_vs_rest = summary[~summary["stat"].isin(CLASS_SUMMARY)]  # those are the task's
+        summary = pd.concat([_task_intervals(class_tables["summary"], results), one_vs_rest])
+        excluded.append(class_tables["excluded"].assign(attribute=plan.task))
+    tables["group_summary"] = summary.reset_index(drop=True)
+    tables["excluded_groups"] = _named_values(pd.concat(excluded, ignore_index=True), plan)
+    for name in ("group_rates", "group_cells", "task_groups", "task_cells"):
+        if name in tables:
+            tables[name] = _named_values(tables[name], plan)
     if plan.protected:
-        tables["divergence"] = acc["divergence"].compute()
+        tables["divergence"] = _large_groups(acc["divergence"].compute(), len(results.frame), plan)
     if "leakage" in acc:
         tables["leakage"] = acc["leakage"].compute()
     mcc = acc["mcc"].compute()
@@ -326,40 +520,75 @@ def _accumulators(plan: Plan, cam_protected: list[str]) -> dict[str, Any]:
         "mask_score": MaskScore(plan.mapped, plan.protected, **boot),
         "energy": ProportionalEnergy(plan.mapped),
         "energy_cells": CellScores(plan.mapped, **boot),
-        "groups": GroupRates(plan.attributes, plan.protected),
+        "groups": GroupRates(plan.attributes, plan.protected, plan.min_group_share),
         "divergence": PredictionDivergence(plan.attributes, plan.protected),
         "mcc": PairwiseMCC(plan.attributes),
     }
+    if plan.head == "multiclass":
+        acc["classes"] = ClassRates(plan.attributes, plan.protected, plan.min_group_share)
     for name in cam_protected:
         acc[f"heatmap:{name}"] = HeatmapScore(plan.attributes, plan.protected, **boot)
     return acc
 
 
-def _with_intervals(summary: pd.DataFrame, frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+_INTERVAL_COLUMNS = ["attribute", "group", "stat", "value", "low", "high"]
+
+
+def _with_intervals(summary: pd.DataFrame, results: Results) -> pd.DataFrame:
     """Long table (attribute, group, stat, value, low, high) with bootstrap intervals over images."""
+    plan = results.plan
     if not plan.protected:
-        return pd.DataFrame(columns=["attribute", "group", "stat", "value", "low", "high"])
-    labels = torch.tensor(np.stack([frame[f"y:{a}"].to_numpy() for a in plan.attributes], 1))
-    predicted = torch.tensor(np.stack([frame[f"z:{a}"].to_numpy() > 0 for a in plan.attributes], 1))
-    groups = {g: torch.tensor(frame[f"g:{g}"].to_numpy()) for g in plan.protected}
+        return pd.DataFrame(columns=_INTERVAL_COLUMNS)
+    labels = torch.tensor(np.stack([results.label(a) for a in plan.attributes], 1))
+    predicted = torch.tensor(np.stack([results.predicted(a) for a in plan.attributes], 1))
     intervals = bootstrap_summary(
-        labels, predicted.long(), groups, plan.protected, plan.bootstrap, seed=plan.seed
-    )
+        labels, predicted, _frame_groups(results), plan.protected, plan.bootstrap,
+        seed=plan.seed, min_share=plan.min_group_share,
+    )  # fmt: skip
     long = summary.melt(id_vars=["attribute", "group"], var_name="stat", value_name="value")
-    low = {
-        (a, g, s): float(v[i, 0])
-        for g, stats in intervals.items()
-        for s, v in stats.items()
-        for i, a in enumerate(plan.attributes)
-    }
-    high = {
-        (a, g, s): float(v[i, 1])
+    bounds = {
+        (a, g, s): v[i].tolist()
         for g, stats in intervals.items()
         for s, v in stats.items()
         for i, a in enumerate(plan.attributes)
     }
     keys = list(zip(long["attribute"], long["group"], long["stat"], strict=True))
-    return long.assign(low=[low[k] for k in keys], high=[high[k] for k in keys])
+    return long.assign(low=[bounds[k][0] for k in keys], high=[bounds[k][1] for k in keys])
+
+
+def _task_intervals(summary: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """The multiclass task's rows of the long group summary: worst/mean-group accuracy over the
+    class x group cells and the top-1 accuracy gap, with bootstrap intervals over images."""
+    plan = results.plan
+    intervals = bootstrap_class_summary(
+        torch.from_numpy(results.label(plan.task)), torch.from_numpy(results.predicted(plan.task)),
+        _frame_groups(results), plan.protected, len(plan.attributes), plan.bootstrap,
+        seed=plan.seed, min_share=plan.min_group_share,
+    )  # fmt: skip
+    long = summary.melt(id_vars=["group"], var_name="stat", value_name="value")
+    low = [float(intervals[g][s][0]) for g, s in zip(long["group"], long["stat"], strict=True)]
+    high = [float(intervals[g][s][1]) for g, s in zip(long["group"], long["stat"], strict=True)]
+    return long.assign(attribute=plan.task, low=low, high=high)[_INTERVAL_COLUMNS]
+
+
+def _frame_groups(results: Results) -> dict[str, torch.Tensor]:
+    return {g: torch.tensor(results.column("g", g)).long() for g in results.plan.protected}
+
+
+def _named_values(table: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """``table`` with a ``level`` column naming each row's group value (e.g. ``1*0`` for
+    ``Male*Young``), from the data's level names."""
+    names = [
+        plan.levels.get(g, ())[v] if v < len(plan.levels.get(g, ())) else str(v)
+        for g, v in zip(table["group"], table["value"], strict=True)
+    ]
+    return table.assign(level=pd.Series(names, index=table.index, dtype="str"))
+
+
+def _large_groups(table: pd.DataFrame, n: int, plan: Plan) -> pd.DataFrame:
+    """KL rows between group values that both hold at least ``min_group_share`` of the images."""
+    least = plan.min_group_share * n
+    return table[(table["n_p"] >= least) & (table["n_q"] >= least)].reset_index(drop=True)
 
 
 def _region_lookup(dataset: BiasDataset, plan: Plan):
@@ -400,12 +629,6 @@ def _warn_small_regions(regions: torch.Tensor, grid: Sequence[int], names: Seque
             BiascheckWarning,
             stacklevel=2,
         )
-
-
-def _group_values(batch: dict, dataset: BiasDataset, name: str) -> torch.Tensor:
-    if name in dataset.attributes:
-        return batch["labels"][:, dataset.attribute_index(name)].long()
-    return batch["groups"][:, dataset.group_names.index(name)].long()
 
 
 def _energy(cams: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,8 @@ class CheckItem(pytest.Item):
         threshold = self.threshold()
         if measured.n == 0:
             pytest.skip(
-                f"{self.check.name} of {self.target.id} is not measurable: no image in that subset"
+                f"{self.check.name} of {self.target.id} is not measurable: no image in that subset, "
+                "or no group holding min_group_share of the images"
             )
         passed = self.check.passes(measured.value, threshold)
         previous = state.baseline.get(self.nodeid)

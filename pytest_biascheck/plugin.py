@@ -130,6 +130,7 @@ class BiascheckState:
         if not self.settings.cache:
             return compute()
         extra = {"task": model.spec.to_dict(), "arch": model.arch, "arch_kwargs": model.arch_kwargs}
+        extra["metadata"] = getattr(dataset, "sha256", None)  # a joined metadata CSV's bytes
         key = cache_key(model.sha256, spec, plan, extra)
         return cached(self.report_dir / ".cache" / f"{key}.json", compute)
 
@@ -326,5 +327,52 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         )
+    values, cells = [], []  # the group values first: each leaves every statistic
+    for model in state.models:
+        if model.name in state.results:
+            own_values, own_cells = excluded_lines(state, model)
+            values += own_values
+            cells += own_cells
+    excluded = values + cells
+    if excluded:
+        terminalreporter.section("biascheck excluded groups")
+        for line in excluded[:MAX_EXCLUDED_LINES]:
+            terminalreporter.write_line(line)
+        if len(excluded) > MAX_EXCLUDED_LINES:
+            terminalreporter.write_line(
+                f"... and {len(excluded) - MAX_EXCLUDED_LINES} more: table excluded_groups of the report"
+            )
     if state.report is not None:
         terminalreporter.write_line(f"report: {state.report}")
+
+
+#: Excluded groups listed in the terminal; the report lists all.
+MAX_EXCLUDED_LINES = 20
+
+
+def excluded_lines(state: BiascheckState, model: Any) -> tuple[list[str], list[str]]:
+    """Lines for the group values, and for the label x group cells, that held under
+    ``min_group_share`` of a model's images and were left out of its group statistics."""
+    results = state.results[model.name]
+    table = results.tables.get("excluded_groups")
+    if table is None or table.empty:
+        return [], []
+    share = f"{state.settings.min_share(model.name):.1%}"
+    values = table[table["label"] == -1].drop_duplicates(["group", "value"])
+    lines = [
+        f"{model.path.name}: {r.group} = {r.level}: n={r.n} ({r.share:.1%} < {share}), "
+        "left out of every group statistic"
+        for r in values.itertuples()
+    ]
+    cells = []
+    plan = results.plan
+    for r in table[table["label"] >= 0].itertuples():
+        if plan is not None and r.attribute == plan.task:
+            label = f"{r.attribute} = {plan.attributes[r.label]}"
+        else:
+            label = f"{r.attribute} y={r.label}"
+        cells.append(
+            f"{model.path.name}: {label} in {r.group} = {r.level}: n={r.n} ({r.share:.1%} < "
+            f"{share}), left out of worst-group accuracy and the rates it defines"
+        )
+    return lines, cells

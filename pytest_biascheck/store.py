@@ -37,6 +37,7 @@ def save_results(results: Results, path: str | Path) -> Path:
         "frame": {name: _column(results.frame[name]) for name in results.frame},
         "tables": {name: _table(name, table) for name, table in results.tables.items()},
         "maps": {name: _tensor(tensor) for name, tensor in results.maps.items()},
+        "plan": None if results.plan is None else dataclasses.asdict(results.plan),
     }
     text = json.dumps(doc, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def load_results(path: str | Path) -> Results:
             frame=pd.DataFrame({name: _series(c) for name, c in doc["frame"].items()}),
             tables={name: _frame(t) for name, t in doc["tables"].items()},
             maps={name: _from_tensor(m) for name, m in doc["maps"].items()},
+            plan=Plan.from_dict(doc["plan"]) if doc.get("plan") else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BiascheckError(

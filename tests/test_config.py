@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
@@ -83,6 +85,14 @@ def test_biascheck_toml_wins_and_pyproject_without_table_is_ignored(tmp_path):
             "tool.biascheck.models.m.regions.Smiling must be str",
         ),
         ("[tool.biascheck\n", "is not valid TOML"),
+        (
+            "[tool.biascheck]\nmin_group_share = 5\n",
+            "min_group_share must be a fraction of the images in [0, 1) (0.01 = 1%), got 5.0",
+        ),
+        (
+            "[tool.biascheck.models.m]\nmin_group_share = -0.1\n",
+            "models.m.min_group_share must be a fraction of the images in [0, 1)",
+        ),
     ],
 )
 def test_bad_config_names_key_file_and_fix(tmp_path, text, expected):
@@ -108,3 +118,20 @@ def test_unknown_threshold_names_closest_check(tmp_path):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(BiascheckError, match="does not exist; check --biascheck-config"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_multiclass_label_metadata_and_group_share_per_model(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "biascheck.toml"
+    path.write_text(
+        'min_group_share = 0.02\nmetadata = "meta/all.csv"\n'
+        '[models.hair]\nlabel = "hair_colour"\nprotected = ["Male*Young", "skin_tone"]\n'
+        'min_group_share = 0\nmetadata = "/data/skin.csv"\nmetadata_id = "file"\n'
+    )
+    settings = load_settings(path)
+    hair = settings.for_model("hair")
+    assert hair.label == "hair_colour" and hair.protected == ["Male*Young", "skin_tone"]
+    assert settings.min_share("hair") == 0.0 and settings.min_share("other") == 0.02
+    assert settings.metadata_for("hair") == (Path("/data/skin.csv"), "file")
+    assert settings.metadata_for("other") == (tmp_path / "conf" / "meta" / "all.csv", "image_id")
+    assert Settings().metadata_for("any") is None and Settings().min_share("any") == 0.01

@@ -275,3 +275,26 @@ def test_regions_smaller_than_a_cam_cell_are_warned_about(pytester: pytest.Pytes
             "*BiascheckWarning: regions of Smiling (0.* cells) cover less than one cell of the 4x4 CAM grid*"
         ]
     )
+
+
+def test_metadata_groups_join_and_a_changed_csv_is_evaluated_again(
+    pytester: pytest.Pytester, models
+):
+    pytester.makefile(
+        ".toml",
+        biascheck='checks = ["group_accuracy_gap"]\nmetadata = "meta/skin.csv"\n'
+        '[models.alpha]\nattributes = ["Smiling"]\nprotected = ["skin_tone", "Male*skin_tone"]\n',
+    )
+    (pytester.path / "meta").mkdir()
+    csv = pytester.path / "meta" / "skin.csv"
+
+    def tones_in_report(tones: list[str]) -> dict[str, int]:
+        csv.write_text("image_id,skin_tone\n" + "".join(f"{i},{t}\n" for i, t in enumerate(tones)))
+        result = pytester.runpytest(f"--biascheck={models[0]}", DATA, "-v")
+        result.stdout.fnmatch_lines(["*alpha.pt::group_accuracy_gap?Smiling-Male*skin_tone? *"])
+        report = json.loads((pytester.path / "reports" / "biascheck.json").read_text())
+        rates = report["models"][0]["tables"]["group_rates"]
+        return {r["level"]: r["n"] for r in rates if r["group"] == "skin_tone"}
+
+    assert tones_in_report(["dark"] * 16 + ["light"] * 48) == {"dark": 16, "light": 48}
+    assert tones_in_report(["dark"] * 40 + ["light"] * 24) == {"dark": 40, "light": 24}

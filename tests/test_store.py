@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 from pandas.testing import assert_frame_equal
 
 import pytest_biascheck
-from pytest_biascheck.config import Settings
+from pytest_biascheck.config import ModelSettings, Settings
 from pytest_biascheck.data import open_data
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Plan, Results, evaluate, plan_for
@@ -33,7 +33,7 @@ def assert_results_match(
     actual: Results, expected: Results, atol: float = 0.0, rtol: float = 0.0
 ) -> None:
     """Every number, name and dtype of two Results agree: exactly, or within ``atol + rtol * |expected|``."""
-    same = ("model", "sha256", "data", "attributes")
+    same = ("model", "sha256", "data", "attributes", "plan")
     assert [getattr(actual, k) for k in same] == [getattr(expected, k) for k in same]
     tolerance = (
         {"check_exact": True}
@@ -121,8 +121,10 @@ def test_evaluated_results_round_trip(tmp_path, tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     dataset = open_data("synthfaces:n=16", "test", 32)
     config = Settings(bootstrap=50, checks=["leakage"])
+    config.models["tiny"] = ModelSettings(protected=["Male*Young", "Black_Hair"])
     results = evaluate(model, dataset, "synthfaces:n=16", plan_for(model, dataset, config)[1])
     assert {"mask_score", "group_rates", "mcc_labels", "leakage"} <= set(results.tables)
+    assert results.plan.levels["Male*Young"] == ("0*0", "0*1", "1*0", "1*1")
     assert_results_match(load_results(save_results(results, tmp_path / "r.json")), results)
 
 

@@ -1,11 +1,23 @@
-"""The dataset schema every source (synthetic or real) yields, so checks and recipes never special-case one."""
+"""The dataset schema every source (synthetic or real) yields, so checks and recipes never special-case one,
+and how a protected group (a label, a group column, or an intersection of several) is coded."""
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Mapping
 from typing import TypedDict
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from pytest_biascheck.errors import BiascheckError
+
+#: Joins the attributes of an intersectional protected group: ``"Male*Young"``.
+INTERSECTION = "*"
+#: Most values an intersection may have (beyond this nearly every group falls under any share).
+MAX_LEVELS = 4096
 
 
 class Sample(TypedDict, total=False):
@@ -36,9 +48,51 @@ class BiasDataset(Dataset):
     attributes: tuple[str, ...] = ()
     group_names: tuple[str, ...] = ()
     region_names: tuple[str, ...] = ()
+    #: Names of the values of each group column (codes 0..n-1); a column not listed has two, 0 and 1.
+    group_levels: dict[str, tuple] = {}  # noqa: RUF012 - read-only class default
     #: What ``pytest --biascheck`` checks on this data when the config says nothing: keys
     #: ``attributes``, ``protected`` and ``regions`` (attribute -> region name).
     default_scope: dict = {}  # noqa: RUF012 - read-only class default
+
+    def image_ids(self) -> np.ndarray:
+        """The id of every image, in order, that a metadata CSV is joined on (here the index)."""
+        return np.arange(len(self)).astype(str)
+
+    def protected_levels(self, name: str) -> tuple[str, ...]:
+        """Names of the values of a protected group: ``0, 1`` for a label, a group column's declared
+        levels, or for an intersection ``"A*B"`` every combination (the first attribute varies
+        slowest), its parts' names joined by ``*``; a clear error for an unknown name."""
+        per_part = [self._levels_of(part, name) for part in group_parts(name)]
+        if math.prod(len(p) for p in per_part) > MAX_LEVELS:
+            raise BiascheckError(
+                f"protected group {name!r} has more than {MAX_LEVELS} values; intersect fewer "
+                "attributes or recode them into fewer values"
+            )
+        return tuple(INTERSECTION.join(combo) for combo in itertools.product(*per_part))
+
+    def protected_values(self, batch: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+        """Codes ``[B]`` (int64, in the order of :meth:`protected_levels`) of a protected group for a
+        batch of samples; an intersection's code counts its parts' codes in mixed radix."""
+        code = torch.zeros(batch["labels"].shape[0], dtype=torch.int64)
+        for part in group_parts(name):
+            code = code * len(self._levels_of(part, name)) + self._column(batch, part)
+        return code
+
+    def _levels_of(self, part: str, name: str) -> tuple[str, ...]:
+        if part in self.attributes:
+            return ("0", "1")
+        if part in self.group_names:
+            return tuple(str(v) for v in self.group_levels.get(part, (0, 1)))
+        have = ", ".join(self.attributes + self.group_names)
+        raise BiascheckError(
+            f"protected group {name!r}: {part!r} is neither a label nor a group of the data; "
+            f"choose from {have}"
+        )
+
+    def _column(self, batch: Mapping[str, torch.Tensor], part: str) -> torch.Tensor:
+        if part in self.attributes:
+            return batch["labels"][:, self.attributes.index(part)].long()
+        return batch["groups"][:, self.group_names.index(part)].long()
 
     def attribute_index(self, name: str) -> int:
         """Position of a label ``name``; a clear error lists the available ones."""
@@ -48,3 +102,14 @@ class BiasDataset(Dataset):
             raise KeyError(
                 f"attribute {name!r} is not in this dataset; it has: {', '.join(self.attributes)}"
             ) from None
+
+
+def group_parts(name: str) -> tuple[str, ...]:
+    """The attributes a protected group names: ``"Male*Young"`` -> ("Male", "Young")."""
+    parts = tuple(p.strip() for p in name.split(INTERSECTION))
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise BiascheckError(
+            f"protected group {name!r} is not a name or an intersection of distinct names such as "
+            f"'Male{INTERSECTION}Young'; fix protected in the config"
+        )
+    return parts

@@ -1,4 +1,5 @@
-"""Loaders for the real datasets' on-disk layouts: CelebA, CelebAMask-HQ, Waterbirds and CSV + folder.
+"""Loaders for the real datasets' on-disk layouts: CelebA, CelebAMask-HQ, Waterbirds and CSV + folder,
+and group columns joined onto any dataset from a metadata CSV.
 
 Text files are parsed and checked in ``__init__`` (a bad line is reported with its file and line
 number); images and masks are read lazily, one item at a time, and resized to ``image_size``.
@@ -7,12 +8,13 @@ number); images and masks are read lazily, one item at a time, and resized to ``
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -332,6 +334,10 @@ class _ImageTable(BiasDataset):
         """File of item ``index`` (joins per-image results back to the dataset's own metadata)."""
         return self._image_root / self._files[index]
 
+    def image_ids(self) -> np.ndarray:
+        """Each image's path as the listing names it (e.g. ``000001.jpg``)."""
+        return np.asarray(self._files, dtype=str)
+
     def listed_at(self, index: int) -> str:
         """``"<listing file> line <n>"`` where item ``index`` is described."""
         return f"{self._listing} line {self._lines[index]}"
@@ -572,6 +578,73 @@ class CsvFolder(_ImageTable):
             labels=labels[keep],
             groups=groups,
         )
+
+
+class MetadataGroups(BiasDataset):
+    """A dataset plus protected-group columns read from a metadata CSV and joined on the image id.
+
+    Every column but ``id_column`` becomes a group column (values coded in sorted order, as in
+    :class:`CsvFolder`). A row matches an image when its id equals the image's id (the path as the
+    data lists it, e.g. CelebA's ``000001.jpg``; the index for synthetic data) or that path's file
+    name. Rows for images outside the evaluated split are ignored; an image without a row is an error.
+    """
+
+    def __init__(
+        self, dataset: BiasDataset, csv_path: str | os.PathLike, id_column: str = "image_id"
+    ) -> None:
+        path = Path(csv_path)
+        frame = _read_csv(path, f"give a CSV with an {id_column!r} column and group columns")
+        fix = f"name the id column with metadata_id (now {id_column!r})"
+        ids = _csv_column(frame, id_column, path, fix)
+        repeated = ids.duplicated()
+        if repeated.any():
+            line = int(np.flatnonzero(repeated.to_numpy())[0]) + 2
+            raise BiascheckError(f"{path} line {line}: id {ids[repeated].iloc[0]!r} appears twice")
+        columns = [c for c in frame.columns if c != id_column]
+        clash = [c for c in columns if c in dataset.attributes or c in dataset.group_names]
+        if not columns or clash:
+            problem = f"column {clash[0]!r} is already in the data" if clash else "no group column"
+            raise BiascheckError(f"{path} line 1: {problem}; keep {id_column!r} plus new groups")
+        rows = self._rows(pd.Index(ids), dataset.image_ids(), path, id_column)
+        coded = [_csv_codes(frame[c], path) for c in columns]
+        self.base = dataset
+        self.attributes = dataset.attributes
+        self.region_names = dataset.region_names
+        self.default_scope = dataset.default_scope
+        self.group_names = (*dataset.group_names, *columns)
+        self.group_levels = {
+            **dataset.group_levels,
+            **{c: levels for c, (_, levels) in zip(columns, coded, strict=True)},
+        }
+        self._groups = torch.from_numpy(np.stack([codes for codes, _ in coded], 1)[rows])
+        self.sha256 = hashlib.sha256(path.read_bytes() + id_column.encode()).hexdigest()
+
+    @staticmethod
+    def _rows(ids: pd.Index, images: np.ndarray, path: Path, id_column: str) -> np.ndarray:
+        """Row of the CSV for every image: by its id, else by its file name."""
+        rows = ids.get_indexer(images)
+        by_name = ids.get_indexer([PurePosixPath(i).name for i in images])
+        rows = np.where(rows >= 0, rows, by_name)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            raise BiascheckError(
+                f"{path}: no {id_column!r} row for {missing.size} of {len(images)} images (first: "
+                f"{str(images[missing[0]])!r}); add their rows, with the id as the data lists the image"
+            )
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def image_ids(self) -> np.ndarray:
+        """The ids of the wrapped data."""
+        return self.base.image_ids()
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.base[index]
+        own = self._groups[range(len(self))[index]]
+        sample["groups"] = torch.cat([sample["groups"], own]) if "groups" in sample else own.clone()
+        return sample
 
 
 def open_dataset(path: str | os.PathLike, **kwargs) -> BiasDataset:

@@ -8,9 +8,11 @@ from pytest_biascheck.metrics.energy import ProportionalEnergy, proportional_ene
 from pytest_biascheck.metrics.group import GroupRates
 from pytest_biascheck.metrics.leakage import LeakageProbe, percent_unlearned
 from pytest_biascheck.metrics.mcc import PairwiseMCC, mcc
+from pytest_biascheck.metrics.multiclass import ClassRates
 
 __all__ = [
     "Accumulator",
+    "ClassRates",
     "GroupRates",
     "HeatmapScore",
     "LeakageProbe",

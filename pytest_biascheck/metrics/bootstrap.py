@@ -10,6 +10,7 @@ are left out of its interval).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -26,6 +27,43 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int = 0) -> Iterator[Tenso
     for start in range(0, n_resamples, rows):
         size = min(rows, n_resamples - start)
         yield torch.randint(n, (size, n), generator=generator)
+
+
+def resample_counts(n: int, n_resamples: int, seed: int = 0) -> Iterator[Tensor]:
+    """How often each image is drawn in each resample, ``[r, n]`` float64 per chunk of resamples
+    (from :func:`bootstrap_indices`): one matrix product with per-image values sums every resample."""
+    for index in bootstrap_indices(n, n_resamples, seed):
+        counts = torch.zeros(index.shape[0], n, dtype=torch.float64)
+        yield counts.scatter_add_(1, index, torch.ones_like(counts))
+
+
+def resampled_histograms(
+    bins: Tensor, size: int, n_resamples: int, seed: int = 0
+) -> Iterator[Tensor]:
+    """Per resample, how many drawn images fall in each of ``size`` bins, ``[r, size]`` float64 per
+    chunk of resamples. ``bins [n, C]`` gives each image's bin in each of C columns (e.g. one per
+    attribute and protected group); the image-to-bin matrix is sparse, so memory grows with
+    ``n * C``, not with ``n * size`` (many intersecting groups make ``size`` large)."""
+    n = bins.shape[0]
+    images = torch.arange(n).repeat_interleave(bins.shape[1])
+    coo = torch.sparse_coo_tensor(
+        torch.stack([bins.reshape(-1).long(), images]),
+        torch.ones(images.numel(), dtype=torch.float64),
+        (size, n),
+        check_invariants=True,
+    ).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        member = coo.to_sparse_csr()
+    for counts in resample_counts(n, n_resamples, seed):
+        yield (member @ counts.T).T
+
+
+def percentile_interval(stats: Tensor, confidence: float = 0.95) -> Tensor:
+    """``[2, ...]`` (low, high) percentile interval over the resamples in dim 0, ignoring NaN."""
+    tail = (1 - confidence) / 2
+    levels = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    return torch.nanquantile(stats.to(torch.float64), levels, dim=0)
 
 
 def bootstrap_ci(
@@ -52,14 +90,8 @@ def bootstrap_ci(
     n = x.shape[0]
     wx = w * x
     mean = wx.sum(0) / w.sum(0)
-    stats = []
-    for index in bootstrap_indices(n, n_resamples, seed):
-        counts = torch.zeros(index.shape[0], n, dtype=torch.float64)
-        counts.scatter_add_(1, index, torch.ones_like(counts))
-        stats.append((counts @ wx) / (counts @ w))
-    tail = (1 - confidence) / 2
-    levels = torch.tensor([tail, 1 - tail], dtype=torch.float64)
-    low, high = torch.nanquantile(torch.cat(stats), levels, dim=0)
+    stats = [(counts @ wx) / (counts @ w) for counts in resample_counts(n, n_resamples, seed)]
+    low, high = percentile_interval(torch.cat(stats), confidence)
     if column:
         return mean[0], low[0], high[0]
     return mean, low, high

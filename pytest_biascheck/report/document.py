@@ -121,7 +121,7 @@ def heatmap_vs_mcc(results: Results) -> list[dict[str, Any]]:
         if row.protected in labels.columns and row.attribute in labels.index:
             correlation = float(labels.loc[row.attribute, row.protected])
         else:
-            first = torch.from_numpy(results.column("y", row.attribute) > 0.5)
+            first = torch.from_numpy(results.label(row.attribute))
             second = torch.from_numpy(np.asarray(results.column("g", row.protected)) > 0)
             correlation = float(mcc(first, second))
         points.append(
@@ -143,6 +143,7 @@ def _model_document(position: int, entry: Mapping[str, Any]) -> dict[str, Any]:
     results: Results = entry["results"]
     model = dict(entry.get("model", {}))
     checks = [_with_description(o) for o in entry.get("outcomes", [])]
+    plan = results.plan
     return {
         "id": model_id(position),
         "name": model.get("name", results.model),
@@ -153,6 +154,10 @@ def _model_document(position: int, entry: Mapping[str, Any]) -> dict[str, Any]:
         "data": results.data,
         "n_images": len(results.frame),
         "attributes": checked_attributes(results),
+        "head": results.head,
+        "task": plan.task if plan else None,
+        "min_group_share": plan.min_group_share if plan else None,
+        "levels": plan.levels if plan else {},
         "scope": entry.get("scope", {}),
         "summary": summarise(checks),
         "checks": checks,

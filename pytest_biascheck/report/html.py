@@ -61,13 +61,17 @@ def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str
     tables = {name: pd.DataFrame(rows) for name, rows in model.get("tables", {}).items()}
     checks = list(model.get("checks", []))
     regions = model.get("scope", {}).get("regions", {})
+    levels = model.get("levels", {})
     return {
         "model": model,
         "checks": sorted(checks, key=lambda c: c.get("status") != "FAILED"),
         "fixes": fixes(checks),
+        "task": task_view(model.get("task"), tables),
         "attributes": attribute_rows(model.get("attributes", []), tables, regions),
         "groups": group_rows(tables.get("group_summary")),
         "rates": _rows(tables.get("group_rates")),
+        "task_rates": _rows(tables.get("task_groups")),
+        "excluded": excluded_view(tables.get("excluded_groups"), model),
         "scatter": svg.scatter(
             model.get("figures", {}).get("heatmap_vs_mcc", []),
             "abs_mcc",
@@ -75,7 +79,7 @@ def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str
             threshold(checks, "heatmap_score"),
         ),
         "bars": svg.bars(
-            mask_bars(tables.get("mask_score"), regions), threshold(checks, "mask_score")
+            mask_bars(tables.get("mask_score"), regions, levels), threshold(checks, "mask_score")
         ),
         "figures": figures,
     }
@@ -95,15 +99,53 @@ def threshold(checks: Sequence[Mapping[str, Any]], name: str) -> float | None:
     return next((c.get("threshold") for c in checks if c.get("check") == name), None)
 
 
+def task_view(task: str | None, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """A multiclass head's task: top-1 and balanced accuracy, and the confusion matrix (rows: true
+    class, columns: predicted class); None for a multilabel model."""
+    if task is None or "task" not in tables:
+        return None
+    confusion = tables["confusion"]
+    classes = [c for c in confusion.columns if c != "index"]
+    return {
+        "name": task,
+        **_rows(tables["task"])[0],
+        "classes": classes,
+        "confusion": [
+            {"true": row["index"], "counts": [row[c] for c in classes]} for row in _rows(confusion)
+        ],
+    }
+
+
+def excluded_view(table: pd.DataFrame | None, model: Mapping[str, Any]) -> dict[str, list]:
+    """Groups left out for holding under the minimum share: ``groups`` (each group value once:
+    out of every statistic) and ``cells`` (label x group cells, the label in words)."""
+    if table is None or table.empty:
+        return {"groups": [], "cells": []}
+    task, classes = model.get("task"), model.get("attributes", [])
+    values = table[table["label"] == -1].drop_duplicates(["group", "value"])
+    cells = []
+    for row in _rows(table[table["label"] >= 0]):
+        label, attribute = row["label"], row["attribute"]
+        subset = f"{task} = {classes[label]}" if attribute == task else f"{attribute} y = {label}"
+        cells.append({**row, "subset": subset})
+    return {"groups": _rows(values), "cells": cells}
+
+
 def attribute_rows(
     attributes: Sequence[str], tables: Mapping[str, pd.DataFrame], regions: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     """Per checked attribute: accuracy, FNR, FPR, mask score, majority/minority-class energy and the
-    no-activation rate."""
+    no-activation rate; for a multiclass head's classes, per-class accuracy and precision with the
+    one-vs-rest FNR and FPR."""
     overall = tables.get("overall", pd.DataFrame(columns=["attribute"]))
+    classes = tables.get("classes")
     rows = []
     for name in attributes:
-        rates = overall[overall["attribute"] == name]
+        rates = (
+            overall[overall["attribute"] == name]
+            if classes is None
+            else classes[classes["class"] == name]
+        )
         majority, minority = _energies(tables, name)
         rows.append(
             {
@@ -132,9 +174,13 @@ def group_rows(summary: pd.DataFrame | None) -> dict[str, Any]:
     return {"stats": stats, "rows": rows}
 
 
-def mask_bars(table: pd.DataFrame | None, regions: Mapping[str, str]) -> list[dict[str, Any]]:
+def mask_bars(
+    table: pd.DataFrame | None,
+    regions: Mapping[str, str],
+    levels: Mapping[str, Sequence[str]] | None = None,
+) -> list[dict[str, Any]]:
     """Bars of the mask-score chart: each attribute overall (labelled with its region), then each
-    label x protected-group cell."""
+    label x protected-group cell (group values by name when ``levels`` names them)."""
     if table is None or table.empty:
         return []
     out = []
@@ -145,7 +191,10 @@ def mask_bars(table: pd.DataFrame | None, regions: Mapping[str, str]) -> list[di
             label = f"{attribute} · {region}" if overall else f"y = {row['label']}"
             out.append({**row, "value": row["mean"], "level": 0 if overall else 1, "label": label})
         for row in _rows(part[part["group"] != ""]):
-            label = f"y = {row['label']}, {row['group']} = {row['group_value']}"
+            names = (levels or {}).get(row["group"], [])
+            value = row["group_value"]
+            level = names[value] if value < len(names) else value
+            label = f"y = {row['label']}, {row['group']} = {level}"
             out.append({**row, "value": row["mean"], "level": 1, "label": label})
     return out
 

@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from pytest_biascheck.data.real import CelebA, CelebAMaskHQ, CsvFolder, Waterbirds, open_dataset
+from pytest_biascheck.data.real import (
+    CelebA,
+    CelebAMaskHQ,
+    CsvFolder,
+    MetadataGroups,
+    Waterbirds,
+    open_dataset,
+)
 from pytest_biascheck.data.regions import PART_NAMES, REGION_NAMES
 from pytest_biascheck.errors import BiascheckError
 
@@ -462,3 +469,49 @@ def test_open_dataset_unknown_layout_lists_expected_files(tmp_path):
         BiascheckError, match=r"list_attr_celeba\.txt.*attribute-anno\.txt.*metadata\.csv"
     ):
         open_dataset(tmp_path)
+
+
+# --- metadata join ------------------------------------------------------------------------------
+
+
+def test_metadata_groups_join_on_the_image_id(tmp_path):
+    data = CelebA(write_celeba(tmp_path), split=None, image_size=8)
+    meta = tmp_path / "skin.csv"  # rows in another order, one for an image outside the data
+    meta.write_text(
+        "image_id,skin_tone,site\n000004.jpg,3,b\n000001.jpg,1,a\n999999.jpg,2,a\n"
+        "000003.jpg,2,a\n000002.jpg,1,b\n"
+    )
+    joined = MetadataGroups(data, meta)
+    assert joined.group_names == ("skin_tone", "site") and len(joined) == 4
+    assert joined.group_levels == {"skin_tone": (1, 2, 3), "site": ("a", "b")}
+    groups = torch.stack([joined[i]["groups"] for i in range(4)])
+    assert groups.tolist() == [[0, 0], [0, 1], [1, 0], [2, 1]]
+    assert torch.equal(joined[2]["labels"], data[2]["labels"])
+    assert joined.protected_levels("Male*skin_tone") == ("0*1", "0*2", "0*3", "1*1", "1*2", "1*3")
+
+
+def test_metadata_groups_follow_the_datas_own_groups_and_match_file_names(tmp_path):
+    data = Waterbirds(write_waterbirds(tmp_path), split=None, image_size=8)
+    meta = tmp_path / "extra.csv"  # ids are file names, not the listed paths
+    meta.write_text("file,habitat\na.jpg,coast\nb.jpg,forest\nc.jpg,coast\n")
+    joined = MetadataGroups(data, meta, id_column="file")
+    assert joined.group_names == ("place", "habitat")
+    assert [joined[i]["groups"].tolist() for i in range(3)] == [[1, 0], [1, 1], [0, 0]]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "expected"),
+    [
+        ("image_id,tone\n000001.jpg,1\n", {}, r"skin\.csv: no 'image_id' row for 3 of 4 images \(first: '000002\.jpg'\)"),
+        ("image_id,tone\n000001.jpg,1\n000001.jpg,2\n", {}, r"skin\.csv line 3: id '000001\.jpg' appears twice"),
+        ("image_id,Male\n000001.jpg,1\n", {}, r"skin\.csv line 1: column 'Male' is already in the data"),
+        ("image,tone\n000001.jpg,1\n", {}, r"skin\.csv line 1: no column 'image_id' \(closest: 'image'\)"),
+        ("name,tone\n000001.jpg,1\n", {"id_column": "name"}, r"skin\.csv: no 'name' row"),
+    ],
+)  # fmt: skip
+def test_metadata_errors_name_the_file_and_the_fix(tmp_path, text, kwargs, expected):
+    data = CelebA(write_celeba(tmp_path), split=None, image_size=8)
+    (tmp_path / "skin.csv").write_text(text)
+    with pytest.raises(BiascheckError, match=expected) as error:
+        MetadataGroups(data, tmp_path / "skin.csv", **kwargs)
+    assert "\n" not in str(error.value)

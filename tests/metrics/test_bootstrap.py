@@ -57,3 +57,13 @@ def test_bad_arguments_are_refused() -> None:
         bootstrap_ci(torch.ones(3), confidence=1.5)
     with pytest.raises(ValueError, match="at least one"):
         bootstrap_ci(torch.ones(0))
+
+
+def test_resampled_histograms_count_the_drawn_images_in_each_bin() -> None:
+    g = torch.Generator().manual_seed(9)
+    bins = torch.randint(0, 7, (30, 3), generator=g)
+    bins[:, 2] = 6  # two columns may share a bin: counts add
+    got = torch.cat(list(bootstrap.resampled_histograms(bins, 7, 25, seed=5)))
+    idx = all_indices(30, 25, seed=5)
+    expected = np.stack([np.bincount(bins.numpy()[row].reshape(-1), minlength=7) for row in idx])
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -136,3 +136,90 @@ def test_bootstrap_summary_matches_a_loop_over_resampled_images():
     expected = np.nanquantile(np.stack(per_resample), [0.025, 0.975], axis=0).T
     np.testing.assert_allclose(fast["g"]["worst_group_accuracy"].numpy(), expected, atol=1e-12)
     assert (fast["g"]["accuracy_gap"][:, 0] <= fast["g"]["accuracy_gap"][:, 1]).all()
+
+
+@pytest.fixture(scope="module")
+def sparse_groups():
+    """400 images; age value 3 holds 2 images (0.5%), age value 2 holds 60 with 2 positives of a."""
+    g = torch.Generator().manual_seed(21)
+    labels = torch.randint(0, 2, (N, 2), generator=g)
+    age = torch.randint(0, 2, (N,), generator=g)
+    age[:2], age[2:62] = 3, 2
+    labels[2:62, 0] = 0
+    labels[2:4, 0] = 1
+    predictions = labels ^ (torch.rand(N, 2, generator=g) < 0.25).long()
+    return labels, predictions, age
+
+
+def test_groups_under_the_minimum_share_leave_the_gaps_as_if_absent(sparse_groups) -> None:
+    labels, predictions, age = sparse_groups
+    metric = GroupRates(["a", "b"], {"age": 4}, min_share=0.01)
+    metric.update(labels, predictions, {"age": age})
+    tables = metric.compute()
+    summary = tables["summary"].set_index("attribute")
+    y, p, s = labels.numpy(), predictions.numpy(), age.numpy()
+    for j, attribute in enumerate(["a", "b"]):
+        row = summary.loc[attribute]
+        small_positives = [2] if attribute == "a" else []
+        for name, fn, dropped in (
+            ("accuracy", accuracy_score, [3]),
+            ("fnr", false_negative_rate, [3, *small_positives]),
+            ("fpr", false_positive_rate, [3]),
+        ):
+            keep = ~np.isin(s, dropped)
+            frame = MetricFrame(
+                metrics=fn, y_true=y[keep, j], y_pred=p[keep, j], sensitive_features=s[keep]
+            )
+            assert row[f"{name}_gap"] == pytest.approx(frame.difference()), (attribute, name)
+        cells = [
+            (y[members, j] == p[members, j]).mean()
+            for label in (0, 1)
+            for value in range(4)
+            if (members := (y[:, j] == label) & (s == value)).sum() >= 0.01 * N
+        ]
+        assert row["worst_group_accuracy"] == pytest.approx(min(cells))
+        assert row["mean_group_accuracy"] == pytest.approx(np.mean(cells))
+    excluded = tables["excluded"]
+    values = excluded[excluded["label"] == -1]
+    assert values[["attribute", "group", "value", "n"]].values.tolist() == [
+        ["a", "age", 3, 2], ["b", "age", 3, 2]
+    ]  # fmt: skip
+    # Attribute "a" only: age 2 has 2 positives (0.5%), so its FNR leaves the FNR gap.
+    small = excluded[(excluded["label"] == 1) & (excluded["value"] == 2)]
+    assert small[["attribute", "n"]].values.tolist() == [["a", 2]]
+    assert set(tables["groups"][tables["groups"]["excluded"]]["value"]) == {3}
+    everything = GroupRates(["a", "b"], {"age": 4})
+    everything.update(labels, predictions, {"age": age})
+    assert everything.compute()["excluded"].empty
+
+
+def test_bootstrap_leaves_out_the_groups_of_the_full_data(sparse_groups) -> None:
+    from pytest_biascheck.metrics.bootstrap import bootstrap_indices
+    from pytest_biascheck.metrics.group import bootstrap_summary, kept, summary_stats
+
+    labels, predictions, age = sparse_groups
+    fast = bootstrap_summary(
+        labels, predictions, {"age": age}, {"age": 4}, n_resamples=30, seed=4, min_share=0.01
+    )
+    full = GroupRates(["a", "b"], {"age": 4})
+    full.update(labels, predictions, {"age": age})
+    keep = kept(full.state("by_level"), full.state("overall").sum((-2, -1))[:, None], 0.01)
+    per_resample = []
+    for chunk in bootstrap_indices(N, 30, seed=4):
+        for index in chunk:
+            one = GroupRates(["a", "b"], {"age": 4})
+            one.update(labels[index], predictions[index], {"age": age[index]})
+            per_resample.append(
+                summary_stats(one.state("by_level"), {"age": 4}, *keep)["age"]["fnr_gap"].numpy()
+            )
+    expected = np.nanquantile(np.stack(per_resample), [0.025, 0.975], axis=0).T
+    np.testing.assert_allclose(fast["age"]["fnr_gap"].numpy(), expected, atol=1e-12)
+
+
+def test_a_gap_needs_two_groups() -> None:
+    metric = GroupRates(["a"], {"place": 2})
+    metric.update(
+        torch.tensor([[0], [1]]), torch.tensor([[0], [1]]), {"place": torch.tensor([0, 0])}
+    )
+    row = metric.compute()["summary"].iloc[0]
+    assert np.isnan(row["accuracy_gap"]) and row["worst_group_accuracy"] == 1.0

@@ -262,7 +262,11 @@ ROI_IOU = (
     + _DATA
     + " --lr 0.001 --attribute {attribute} --region {other}"
 )
-AFFACT_B = "python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt " + _DATA
+AFFACT_B = (
+    "python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt "
+    + _DATA
+    + " --attributes {attribute}"
+)
 REBALANCE = (
     "python -m mitigations rebalance --model {model} --out {stem}_rebalanced.pt "
     + _DATA

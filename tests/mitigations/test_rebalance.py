@@ -116,7 +116,7 @@ def test_prepare_reaches_the_requested_mcc(tiny_checkpoint):
     scope, plan = plan_for(model, SynthFaces(n=8, image_size=32), Settings())
     job = Job(model, data, "synthfaces", scope, plan, torch.device("cpu"))
     args = argparse.Namespace(attribute="Smiling", protected="Black_Hair", mcc=0.0, size=None,
-                              retrain=False, pos_weight=True, seed=0)  # fmt: skip
+                              retrain=False, pos_weight="attribute", seed=0)  # fmt: skip
     setup = prepare(args, job)
     smiling = data.labels[:, data.attributes.index("Smiling")].long()
     black = data.labels[:, data.attributes.index("Black_Hair")].long()
@@ -127,6 +127,19 @@ def test_prepare_reaches_the_requested_mcc(tiny_checkpoint):
     assert counts.sum() > 100
     with pytest.raises(BiascheckError, match="'Hair_Colour' is neither a label nor a group"):
         prepare(argparse.Namespace(**{**vars(args), "protected": "Hair_Colour"}), job)
+    # pos_weight = (1 - p) / p from the subset: on Smiling only, on every output, or none.
+    rate = data.labels[picked][:, [data.attributes.index(a) for a in model.spec.attributes]]
+    paper = ((1 - rate.double().mean(0)) / rate.double().mean(0)).tolist()
+    weights = {
+        mode: prepare(argparse.Namespace(**{**vars(args), "pos_weight": mode}), job).facts
+        for mode in ("attribute", "all", "none")
+    }
+    assert weights["all"]["pos_weight"] == pytest.approx(paper)
+    for name, w, w_all in zip(
+        model.spec.attributes, weights["attribute"]["pos_weight"], paper, strict=True
+    ):
+        assert w == pytest.approx(w_all if name == "Smiling" else 1.0)
+    assert weights["none"]["pos_weight"] is None
 
 
 @pytest.mark.slow

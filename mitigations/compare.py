@@ -5,7 +5,6 @@ and printed as a table. No metric is computed here."""
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,10 +70,7 @@ def run_checks(
                  "low": measured.low, "high": measured.high, "n": measured.n,
                  "threshold": threshold, "op": ">=" if check.direction == "min" else "<=",
                  "status": status, "description": check.description,
-                 "recipe": check.recipe.format(
-                     model=shlex.quote(str(model.path)), stem=model.name,
-                     data=shlex.quote(results.data), attribute=shlex.quote(target.attribute),
-                     other=shlex.quote(target.other or ""))}
+                 "recipe": check.command(str(model.path), model.name, results.data, target, scope)}
             )  # fmt: skip
     return outcomes
 

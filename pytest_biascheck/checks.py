@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ class Check:
 
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
     target, scope)`` computes the value; ``recipe`` is the mitigation command, formatted with
-    ``model``, ``stem``, ``data``, ``attribute`` and ``other``.
+    ``model``, ``stem``, ``data``, ``attribute``, ``other`` and ``attributes`` (the scope's, space
+    separated) by ``command``.
     """
 
     name: str
@@ -83,6 +85,14 @@ class Check:
         if np.isnan(value):
             return False
         return value >= threshold if self.direction == "min" else value <= threshold
+
+    def command(self, model: str, stem: str, data: str, target: Target, scope: Scope) -> str:
+        """The mitigation command for one target, shell-quoted and ready to paste."""
+        return self.recipe.format(
+            model=shlex.quote(model), stem=stem, data=shlex.quote(data),
+            attribute=shlex.quote(target.attribute), other=shlex.quote(target.other or ""),
+            attributes=" ".join(shlex.quote(a) for a in scope.attributes),
+        )  # fmt: skip
 
 
 def per_attribute(scope: Scope) -> list[Target]:
@@ -282,6 +292,11 @@ JLU = (
     + _DATA
     + " --attribute {attribute} --spurious {other}"
 )
+JLU_LEAKAGE = (
+    "python -m mitigations jlu --model {model} --out {stem}_jlu.pt "
+    + _DATA
+    + " --attribute {attributes} --spurious {attribute}"
+)
 
 BUILTIN: tuple[Check, ...] = (
     Check("accuracy", "min", 0.7, "accuracy on the evaluation data (top-1 for a multiclass head), so a fix cannot trade accuracy away unseen",
@@ -309,7 +324,7 @@ BUILTIN: tuple[Check, ...] = (
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),
     Check("leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features",
-          JLU, per_protected, leakage, default=False),
+          JLU_LEAKAGE, per_protected, leakage, default=False),
     Check("prediction_kl", "max", 0.1, "KL divergence between the groups' distributions of predicted probabilities",
           JLU, per_group, prediction_kl, default=False),
 )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shlex
 from typing import Any
 
 import pytest
@@ -125,11 +124,9 @@ class CheckItem(pytest.Item):
         path = str(self.model.path)
         from pytest_biascheck.plugin import STATE
 
-        data, _ = self.config.stash[STATE].dataset(self.model)
-        return self.check.recipe.format(
-            model=shlex.quote(path), stem=self.model.name, attribute=shlex.quote(self.target.attribute),
-            other=shlex.quote(self.target.other or ""), data=shlex.quote(data),
-        )  # fmt: skip
+        state = self.config.stash[STATE]
+        data, _ = state.dataset(self.model)
+        return self.check.command(path, self.model.name, data, self.target, state.scope(self.model))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CheckFailed):

@@ -216,7 +216,7 @@ def _read_csv(path: Path, layout: str) -> pd.DataFrame:
     if not path.is_file():
         raise BiascheckError(f"{path} does not exist; {layout}")
     try:
-        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, header=None, dtype=object, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise BiascheckError(f"{path} is empty; {layout}") from None
     except pd.errors.ParserError as err:

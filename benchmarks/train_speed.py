@@ -37,6 +37,10 @@ ARGS = {
     "roi-iou": ["--attribute", "Smiling", "--region", "mouth"],
     "affact-b": [],
     "rebalance": ["--attribute", "Smiling", "--protected", "Black_Hair", "--mcc", "0.3"],
+    # Crayon-Attention with simulated answers: Grad-CAM with create_graph, backward through it
+    "crayon": ["--attribute", "Smiling", "--simulate", "mouth"],
+    # JLU: one forward, secondary heads on detached and on live features, one backward
+    "jlu": ["--attribute", "Smiling", "--spurious", "Black_Hair"],
 }
 
 

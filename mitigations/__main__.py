@@ -1,5 +1,6 @@
 """``python -m mitigations RECIPE --model in.pt --out out.pt [--data SPEC] [options]``: fine-tune a
-model with a recipe from the papers and report the gate's checks before and after."""
+model with a recipe from the papers and report the gate's checks before and after.
+``python -m mitigations crayon annotate ...`` serves Crayon's yes/no annotation page instead."""
 
 from __future__ import annotations
 
@@ -147,7 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mitigations.recipe import all_recipes
     from pytest_biascheck import hookspecs
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:2] == ["crayon", "annotate"]:
+            from mitigations.annotate import main as annotate
+
+            return annotate(argv[2:])
         recipes = all_recipes(hookspecs.plugin_manager().hook)
         args = build_parser(recipes).parse_args(argv)
         return run(recipes[args.recipe], args)

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,22 @@ def check_paths(model: Path, out: Path) -> None:
         raise BiascheckError(
             f"output folder {folder} is not writable ({exc.strerror}); choose another --out"
         ) from None
+
+
+def with_checks(settings: Settings, name: str, extra: Sequence[str], hook: Any) -> Settings:
+    """Settings under which model ``name`` runs the checks it would run plus ``extra`` (a
+    recipe's own measures, such as JLU's leakage probe)."""
+    if not extra:
+        return settings
+    known = catalogue(hook)
+    unknown = [c for c in extra if c not in known]
+    if unknown:
+        raise ValueError(f"Setup.checks names unknown checks: {', '.join(unknown)}")
+    own = settings.for_model(name)
+    wanted = own.checks or settings.checks or [c.name for c in known.values() if c.default]
+    checks = [*wanted, *(c for c in extra if c not in wanted)]
+    models = {**settings.models, name: dataclasses.replace(own, checks=checks)}
+    return dataclasses.replace(settings, models=models)
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +169,9 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
         inputs.plan = dataclasses.replace(
             inputs.plan,
             protected={**inputs.plan.protected, **group_levels(inputs.eval_data, extra)},
+            leakage=inputs.plan.leakage or "leakage" in setup.checks,
         )
+        inputs.settings = with_checks(inputs.settings, parent.name, setup.checks, inputs.hook)
         evaluate = dict(
             data=inputs.eval_data, spec=inputs.eval_spec, plan=inputs.plan,
             batch_size=inputs.settings.batch_size, device=str(device), rank=rank, world=world,
@@ -232,6 +251,12 @@ def _report(
         for m, r in zip(models, results, strict=True)
     ]
     rows = comparison(*outcomes)
+    measures = {
+        side: setup.measure(r) if setup.measure else {}
+        for side, r in zip(("before", "after"), results, strict=True)
+    }
+    if setup.compare is not None:
+        measures["change"] = setup.compare(measures["before"], measures["after"])
     data = {"train": inputs.train_spec, "evaluation": inputs.eval_spec}
     document = {
         "schema": REPORT_SCHEMA,
@@ -249,10 +274,7 @@ def _report(
         },
         "facts": setup.facts,
         "checks": rows,
-        "measures": {
-            side: setup.measure(r) if setup.measure else {}
-            for side, r in zip(("before", "after"), results, strict=True)
-        },
+        "measures": measures,
         "attributes": {
             side: records(r.table("overall"))
             for side, r in zip(("before", "after"), results, strict=True)

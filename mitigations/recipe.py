@@ -63,6 +63,16 @@ class Setup:
     """Extra numbers computed from each evaluation (e.g. ROI-IoU's E1/E2 accuracies)."""
     protected: Sequence[str] = ()
     """Groups the extra numbers need as columns of the evaluation, beyond the gate's own."""
+    extra: nn.Module | None = None
+    """Modules trained alongside the model but not saved (e.g. JLU's secondary heads): in the
+    optimiser, moved to the device and kept in the resume state."""
+    lr_factors: Mapping[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter-name prefix: the model's names as in its state dict,
+    the extra modules' under ``extra``, e.g. ``{"fc": 10, "extra": 10}``; the rest train at --lr."""
+    checks: Sequence[str] = ()
+    """Checks of the catalogue the before/after report runs besides the configured ones."""
+    compare: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    """Numbers from the before and the after ``measure`` together (e.g. JLU's % unlearned)."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,10 @@ class Recipe:
 
 def builtin_recipes() -> dict[str, Recipe]:
     """The recipes that ship with biascheck."""
-    from mitigations import affact_b, rebalance, roi_iou
+    from mitigations import affact_b, crayon, jlu, rebalance, roi_iou
 
-    return {r.name: r for r in (roi_iou.RECIPE, affact_b.RECIPE, rebalance.RECIPE)}
+    recipes = (roi_iou.RECIPE, affact_b.RECIPE, rebalance.RECIPE, jlu.RECIPE, crayon.RECIPE)
+    return {r.name: r for r in recipes}
 
 
 def all_recipes(hook: Any | None = None) -> dict[str, Recipe]:

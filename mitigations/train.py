@@ -101,8 +101,30 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def make_optimizer(config: TrainConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, as the recipe's paper trained."""
+def parameter_groups(
+    named: Sequence[tuple[str, nn.Parameter]], lr: float, factors: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Optimiser groups of the trainable parameters: ``lr`` times the factor of the longest name
+    prefix that matches whole dotted parts (``fc`` matches ``fc.weight``, not ``fc2.weight``)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    used: set[str] = set()
+    for name, p in named:
+        matches = [k for k in factors if name == k or name.startswith(f"{k}.")]
+        used.update(matches)
+        if p.requires_grad:
+            factor = factors[max(matches, key=len)] if matches else 1.0
+            groups.setdefault(factor, []).append(p)
+    unused = sorted(set(factors) - used)
+    if unused:
+        raise ValueError(f"lr_factors name no parameter: {', '.join(unused)}")
+    return [{"params": params, "lr": lr * factor} for factor, params in groups.items()]
+
+
+def make_optimizer(
+    config: TrainConfig, params: Sequence[nn.Parameter] | Sequence[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam, as the recipe's paper trained (``params``: parameters or
+    parameter groups with their own ``lr``)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -157,17 +179,21 @@ def train(
     if setup.reinitialise:
         reinitialise(module, config.seed)
     module.train(setup.reinitialise)
-    params = [p for p in module.parameters() if p.requires_grad]
+    named = list(module.named_parameters())
+    if setup.extra is not None:
+        setup.extra.to(device).train()
+        named += list(setup.extra.named_parameters(prefix="extra"))
+    params = [p for _, p in named if p.requires_grad]
     indices = np.arange(len(data)) if setup.indices is None else np.asarray(setup.indices)
     batches = global_batches(len(indices), config)
-    optimizer = make_optimizer(config, params)
+    optimizer = make_optimizer(config, parameter_groups(named, config.lr, setup.lr_factors))
     scheduler = make_scheduler(config, optimizer, len(batches))
     dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     torch.manual_seed(config.seed)
     start = 0
     if resume and resume_path.exists():
-        start = _load_state(resume_path, run_id, module, optimizer, scheduler, scaler)
+        start = _load_state(resume_path, run_id, module, setup.extra, optimizer, scheduler, scaler)
     pieces = [_micro_batches(indices[b][rank::world], config.micro_batch) for b in batches]
     loader = DataLoader(
         data,
@@ -220,11 +246,15 @@ def train(
         done = step + 1
         if done % config.checkpoint_every == 0 and done < len(batches):
             if rank == 0:
-                _save_state(resume_path, run_id, done, module, optimizer, scheduler, scaler)
+                _save_state(
+                    resume_path, run_id, done, module, setup.extra, optimizer, scheduler, scaler
+                )
             if world > 1:
                 dist.barrier()
     bar.close()
     module.eval()
+    if setup.extra is not None:
+        setup.extra.eval()
     return Trained(len(batches), seen, time.perf_counter() - began, losses)
 
 
@@ -285,16 +315,19 @@ def _save_state(
     run_id: str,
     step: int,
     module: nn.Module,
+    extra: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> None:
-    """Everything needed to continue exactly: weights, optimiser, schedule, loss scale, RNGs."""
+    """Everything needed to continue exactly: weights (and the extra modules'), optimiser,
+    schedule, loss scale, RNGs."""
     payload = {
         "format": RESUME_FORMAT,
         "run_id": run_id,
         "step": step,
         "model": module.state_dict(),
+        "extra": None if extra is None else extra.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -308,6 +341,7 @@ def _load_state(
     path: Path,
     run_id: str,
     module: nn.Module,
+    extra: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -327,6 +361,8 @@ def _load_state(
             "rerun with the same options, or delete it to start over"
         )
     module.load_state_dict(payload["model"])
+    if extra is not None:
+        extra.load_state_dict(payload["extra"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     scaler.load_state_dict(payload["scaler"])

@@ -5,65 +5,52 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
 from tests.mitigations.test_annotate import served  # noqa: F401 - the running-server fixture
-from tests.report.test_browser import ARGS, CHROMIUM
-
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
 
 
-def test_clicks_and_keys_are_saved_and_a_reload_resumes(served, tmp_path):  # noqa: F811
+def test_clicks_and_keys_are_saved_and_a_reload_resumes(served, tmp_path, browser):  # noqa: F811
     url, path, _ = served()
     saved = lambda: json.loads(path.read_text())  # noqa: E731
     requests: list[str] = []
     errors: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 800})
-            page.on("request", lambda request: requests.append(request.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url + "/", wait_until="load")
+    page = browser.new_page(viewport={"width": 900, "height": 800})
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/", wait_until="load")
 
-            def shows(answered: int, position: int) -> None:
-                page.wait_for_function(
-                    "([a, p]) => document.getElementById('answered').textContent === a"
-                    " && document.getElementById('position').textContent === p",
-                    arg=[str(answered), str(position)],
-                )
+    def shows(answered: int, position: int) -> None:
+        page.wait_for_function(
+            "([a, p]) => document.getElementById('answered').textContent === a"
+            " && document.getElementById('position').textContent === p",
+            arg=[str(answered), str(position)],
+        )
 
-            shows(0, 1)
-            assert page.locator("#pictures img").count() == 2
-            page.click("#yes")
-            shows(1, 2)
-            page.keyboard.press("n")
-            shows(2, 3)
-            page.click("#maybe")
-            shows(3, 4)
-            assert saved()["answers"][:4] == ["yes", "no", "maybe", None]
-            page.keyboard.press("u")
-            shows(2, 3)
-            assert saved()["answers"][2] is None
-            page.fill("#question", "Is the mouth highlighted?")
-            page.keyboard.press("n")  # typing in the question answers nothing
-            page.click("#set-question")
-            page.wait_for_function(
-                "document.getElementById('status').textContent === 'question saved'"
-            )
-            assert saved()["question"] == "Is the mouth highlighted?n"
-            page.reload(wait_until="load")
-            shows(2, 3)
-            assert page.input_value("#question") == "Is the mouth highlighted?n"
-            page.keyboard.press("y")
-            shows(3, 4)
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        finally:
-            browser.close()
+    shows(0, 1)
+    assert page.locator("#pictures img").count() == 2
+    page.click("#yes")
+    shows(1, 2)
+    page.keyboard.press("n")
+    shows(2, 3)
+    page.click("#maybe")
+    shows(3, 4)
+    assert saved()["answers"][:4] == ["yes", "no", "maybe", None]
+    page.keyboard.press("u")
+    shows(2, 3)
+    assert saved()["answers"][2] is None
+    page.fill("#question", "Is the mouth highlighted?")
+    page.keyboard.press("n")  # typing in the question answers nothing
+    page.click("#set-question")
+    page.wait_for_function("document.getElementById('status').textContent === 'question saved'")
+    assert saved()["question"] == "Is the mouth highlighted?n"
+    page.reload(wait_until="load")
+    shows(2, 3)
+    assert page.input_value("#question") == "Is the mouth highlighted?n"
+    page.keyboard.press("y")
+    shows(3, 4)
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert saved()["answers"][:4] == ["yes", "no", "yes", None]
     assert saved()["counts"] == {"yes": 2, "no": 1, "maybe": 0, "open": 3}
     assert errors == []

@@ -4,34 +4,16 @@ console error, fetches nothing but itself, shows the JSON's counts and runs no i
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from pytest_biascheck.report import write_report
 from tests.report.test_report import EVIL, META, evaluate_tiny, sample_entries
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 def test_report_opens_offline_and_shows_the_json_counts(
-    tiny_checkpoint: Path, tmp_path: Path
+    tiny_checkpoint: Path, tmp_path: Path, browser
 ) -> None:
     results = evaluate_tiny(tiny_checkpoint)
     entries = sample_entries(results) + sample_entries(results, name=EVIL)
@@ -41,25 +23,18 @@ def test_report_opens_offline_and_shows_the_json_counts(
     url = html_path.resolve().as_uri()
     requests: list[str] = []
     errors: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda request: requests.append(request.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url, wait_until="load")
-            counts = {k: int(page.inner_text(f"#n-{k}")) for k in ("passed", "failed", "total")}
-            images_ok = page.evaluate(
-                "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
-            )
-            pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
-            names = page.eval_on_selector_all(
-                "section.model h2", "els => els.map(e => e.textContent)"
-            )
-            page.screenshot(path=str(report_dir / "biascheck.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url, wait_until="load")
+    counts = {k: int(page.inner_text(f"#n-{k}")) for k in ("passed", "failed", "total")}
+    images_ok = page.evaluate(
+        "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    )
+    pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
+    names = page.eval_on_selector_all("section.model h2", "els => els.map(e => e.textContent)")
+    page.screenshot(path=str(report_dir / "biascheck.png"), full_page=True)
     assert errors == []
     assert [r for r in requests if r != url and not r.startswith("data:")] == []
     assert counts == document["summary"]

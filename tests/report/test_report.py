@@ -67,8 +67,7 @@ def outcomes_for(results: Results, name: str) -> list[dict[str, Any]]:
                  "low": measured.low, "high": measured.high, "n": measured.n,
                  "threshold": check.threshold, "op": ">=" if check.direction == "min" else "<=",
                  "status": "passed" if passed else "FAILED",
-                 "recipe": check.recipe.format(model=f"{name}.pt", stem=name, data="synthfaces",
-                                               attribute=target.attribute, other=target.other or "")}
+                 "recipe": check.command(f"{name}.pt", name, "synthfaces", target, scope)}
             )  # fmt: skip
     return out
 

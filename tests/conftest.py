@@ -37,6 +37,16 @@ def make_tiny(path: Path, seed: int = 0) -> Path:
     return save_checkpoint(model, spec, path, "biascheck.small_resnet", {"widths": [8, 8, 8, 8]})
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: on a shared two-core machine tiny batches run several
+    times faster, and results must not depend on the thread count anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny.pt")

@@ -60,13 +60,7 @@ def build(name: str, x: torch.Tensor) -> nn.Module:
     return centre_logits(model, model.fc[-1] if name == "small_mlp" else model.fc, x)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared two-core machine, tiny batches run several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

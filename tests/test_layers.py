@@ -28,13 +28,7 @@ from pytest_biascheck.layers import (
 from pytest_biascheck.model import ModelSpec, load_checkpoint, save_checkpoint, save_torchscript
 from pytest_biascheck.nets import SmallResNet, small_vit
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def layout_of(model: nn.Module, name: str, image: torch.Tensor) -> Layout | None:

@@ -7,18 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from mitigations.__main__ import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared, and results must not depend on it anyway."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True, scope="module")
+def _single_threaded(one_thread):
+    """Every mitigations test runs on one intra-op thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -311,7 +311,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state is None or not state.outcomes:
         return
     terminalreporter.section("biascheck summary")
-    rows = [("check", "value", "95% CI", "threshold", "status", "baseline")] + [
+    header = ("check", "value", "95% CI", "threshold", "status", "baseline")
+    if all(o["baseline"] is None for o in state.outcomes):
+        header = header[:-1]  # no baseline given: no empty column
+    rows = [header] + [
         (
             o["item"],
             f"{o['value']:.3f}",
@@ -319,7 +322,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{o['op']} {o['threshold']:.3f}",
             o["status"],
             "" if o["baseline"] is None else f"{o['baseline']:.3f} {o['change'] or 'unchanged'}",
-        )
+        )[: len(header)]
         for o in state.outcomes
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -164,10 +164,12 @@ def test_baseline_regression_fails_even_when_threshold_holds(pytester: pytest.Py
     args = [f"--biascheck={models[0]}", DATA, "-k", "Smiling", "-p", "no:cacheprovider"]
     result = pytester.runpytest(*args, "--biascheck-save-baseline=base.json")
     result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines([r"check +value +95% CI +threshold +status$"])  # no baseline yet
     saved = json.loads((pytester.path / "base.json").read_text())
     value = saved["values"]["alpha.pt::accuracy[Smiling]"]
     result = pytester.runpytest(*args, "--biascheck-baseline=base.json")
     result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines([r"check +value +95% CI +threshold +status +baseline$"])
     result.stdout.fnmatch_lines([f"*{value:.3f} unchanged"])
     saved["values"]["alpha.pt::accuracy[Smiling]"] = value + 0.2
     (pytester.path / "worse.json").write_text(json.dumps(saved))

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from pytest_biascheck.metrics.base import Accumulator
-from pytest_biascheck.metrics.inputs import check_levels, level_onehot, stack_groups
+from pytest_biascheck.metrics.inputs import (
+    check_levels,
+    level_onehot,
+    level_slices,
+    stack_groups,
+)
 
 
 def smoothed(histogram: Tensor, eps: float) -> Tensor:
@@ -78,10 +83,9 @@ class PredictionDivergence(Accumulator):
         """KL divergence for every ordered pair of seen values of every group, per attribute."""
         histogram = self.state("histogram")
         frames = []
-        start = 0
-        for name, count in self.groups.items():  # one block of levels per protected attribute
-            block = histogram[:, start : start + count]
-            start += count
+        for name, part in level_slices(self.groups):
+            block = histogram[:, part]
+            count = block.shape[1]
             n = block.sum(-1)  # [A, V]
             kl = kl_matrix(smoothed(block, self.eps))  # [A, V, V]
             a, i, j = (

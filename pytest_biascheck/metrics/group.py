@@ -19,6 +19,7 @@ from pytest_biascheck.metrics.inputs import (
     as_binary,
     check_levels,
     level_onehot,
+    level_slices,
     level_table,
     stack_groups,
 )
@@ -254,10 +255,7 @@ def summary_stats(
         for key in ("accuracy", "selection_rate"):
             per_level[key] = per_level[key].masked_fill(~keep_levels, torch.nan)
     out = {}
-    start = 0
-    for name, count in groups.items():  # one slice of levels per protected attribute
-        part = slice(start, start + count)
-        start += count
+    for name, part in level_slices(groups):
         cells = cell_accuracy[..., part, :].flatten(-2)
         gap = {k: nan_spread(per_level[k][..., part]) for k in RATES}
         out[name] = {

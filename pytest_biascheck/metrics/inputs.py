@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -75,3 +75,12 @@ def level_table(levels: Mapping[str, int]) -> tuple[list[str], list[int]]:
     names = [name for name, count in levels.items() for _ in range(count)]
     values = [value for count in levels.values() for value in range(count)]
     return names, values
+
+
+def level_slices(levels: Mapping[str, int]) -> Iterator[tuple[str, slice]]:
+    """Each protected attribute's slice of the group levels laid end to end (``levels``: name ->
+    number of values, in order)."""
+    start = 0
+    for name, count in levels.items():
+        yield name, slice(start, start + count)
+        start += count

@@ -23,7 +23,13 @@ from pytest_biascheck.metrics.group import (
     nan_extremes,
     nan_spread,
 )
-from pytest_biascheck.metrics.inputs import check_levels, level_onehot, level_table, stack_groups
+from pytest_biascheck.metrics.inputs import (
+    check_levels,
+    level_onehot,
+    level_slices,
+    level_table,
+    stack_groups,
+)
 
 CLASS_SUMMARY = ("worst_group_accuracy", "mean_group_accuracy", "accuracy_gap")
 
@@ -76,10 +82,7 @@ def class_summary_stats(
     if keep_cells is not None:
         cells = cells.masked_fill(~keep_cells, torch.nan)
     out = {}
-    start = 0
-    for name, count in groups.items():  # one slice of levels per protected attribute
-        part = slice(start, start + count)
-        start += count
+    for name, part in level_slices(groups):
         flat = cells[..., part, :].flatten(-2)
         out[name] = {
             "worst_group_accuracy": nan_extremes(flat)[0],

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mitigations.recipe import Setup
+from mitigations.recipe import Defaults, Setup
 from pytest_biascheck.atomic import atomic_open
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
@@ -37,18 +37,12 @@ RESUME_FORMAT = "mitigations-resume/1"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimiser, schedule and batching of one run (the recipe's defaults, then the options)."""
+class TrainConfig(Defaults):
+    """Optimiser, schedule and batching of one run: the paper's settings a recipe declares as
+    ``Defaults`` (overridden by the options), plus the loop's own."""
 
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 1
     max_steps: int | None = None
     micro_batch: int | None = None
-    clip_grad_norm: float | None = None
     scheduler: str = "constant"
     seed: int = 0
     amp: str = "auto"

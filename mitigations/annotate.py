@@ -31,7 +31,7 @@ from mitigations.crayon_explain import (
     signed_cams,
     top_patches,
 )
-from mitigations.recipe import output_index
+from mitigations.recipe import label_column, output_index
 from pytest_biascheck import hookspecs
 from pytest_biascheck.cam import compute_cams
 from pytest_biascheck.data import default_spec, open_data
@@ -124,11 +124,9 @@ def open_source(args: argparse.Namespace) -> Source:
     data = open_data(spec, "train", height if height == width else (height, width), datasets)
     attribute = args.attribute or model.spec.attributes[0]
     output = output_index(model, attribute)
-    if attribute not in data.attributes:
-        raise BiascheckError(f"training data {spec!r} has no label {attribute!r}; pass --data")
+    column = label_column(data, attribute)
     device = resolve_device(args.device)
     model.module.to(device).eval()
-    column = data.attributes.index(attribute)
     source = Source(model, data, spec, output, column, args.cam_target, device)
     first = data[0]
     source.grid = tuple(

@@ -46,7 +46,15 @@ from mitigations.crayon_explain import (
     top_patches,
 )
 from mitigations.crayon_prune import cut, find_head, hold_pruned, prune_mask, train_only_head
-from mitigations.recipe import Defaults, Job, Recipe, Setup, label_columns, output_index
+from mitigations.recipe import (
+    Defaults,
+    Job,
+    Recipe,
+    Setup,
+    label_column,
+    label_columns,
+    output_index,
+)
 from pytest_biascheck.cam import gradcam_differentiable
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
@@ -195,14 +203,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _column(data: BiasDataset, attribute: str) -> int:
-    if attribute not in data.attributes:
-        raise BiascheckError(
-            f"training data has no label {attribute!r}; pass --data with a dataset that has it"
-        )
-    return data.attributes.index(attribute)
-
-
 def _region(data: BiasDataset, region: str) -> int:
     if region not in data.region_names:
         have = ", ".join(data.region_names) or "none"
@@ -310,7 +310,7 @@ def _counts(codes: Tensor) -> dict[str, int]:
 def prepare(args: argparse.Namespace, job: Job) -> Setup:
     """Explain the original model, collect the answers, prune if asked, build the loss."""
     output = output_index(job.model, args.attribute)
-    column = _column(job.train_data, args.attribute)
+    column = label_column(job.train_data, args.attribute)
     spec, module, device = job.model.spec, job.model.module, job.device
     outputs, columns = [output], torch.tensor([column])
     if args.bce == "all":

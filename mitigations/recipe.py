@@ -122,6 +122,15 @@ def label_columns(model: LoadedModel, data: BiasDataset) -> Tensor:
     return torch.tensor([data.attributes.index(a) for a in model.spec.attributes])
 
 
+def label_column(data: BiasDataset, attribute: str) -> int:
+    """Column of ``attribute`` in the data's labels; an error when the data does not label it."""
+    if attribute not in data.attributes:
+        raise BiascheckError(
+            f"training data has no label {attribute!r}; pass --data with a dataset that has it"
+        )
+    return data.attributes.index(attribute)
+
+
 def output_index(model: LoadedModel, attribute: str) -> int:
     """Position of ``attribute`` among the model's outputs; an error lists the ones it has."""
     if attribute not in model.spec.attributes:

@@ -244,9 +244,7 @@ def load_checkpoint(
 
 def _read_bytes(path: Path) -> bytes:
     if not path.exists():
-        raise BiascheckError(
-            f"model file {path} does not exist; check the path given to --biascheck"
-        )
+        raise BiascheckError(f"model file {path} does not exist; check the path")
     if path.is_dir():
         raise BiascheckError(f"model path {path} is a folder; give the checkpoint file inside it")
     data = path.read_bytes()

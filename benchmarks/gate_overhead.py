@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from pytest_biascheck.config import Settings
-from pytest_biascheck.evaluate import data_for, evaluate, plan_for
+from pytest_biascheck.evaluate import evaluate
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import data_for, plan_for
 
 
 def timed(cmd: list[str], cwd: str) -> float:
@@ -61,7 +62,8 @@ def main() -> None:
         startup = timed([sys.executable, "-c", imports], tmp)
         script = (
             f"{imports}\nfrom pytest_biascheck.config import Settings\n"
-            "from pytest_biascheck.evaluate import data_for, evaluate, plan_for\n"
+            "from pytest_biascheck.evaluate import evaluate\n"
+            "from pytest_biascheck.planning import data_for, plan_for\n"
             "from pytest_biascheck.model import load_checkpoint\n"
             f"s = Settings(data={spec!r}); m = load_checkpoint({model_path!r}); d, ds = data_for(m, s)\n"
             "evaluate(m, ds, d, plan_for(m, ds, s)[1])"

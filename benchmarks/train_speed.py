@@ -28,9 +28,9 @@ from mitigations.train import train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.data.synth_faces import SynthFaces
-from pytest_biascheck.evaluate import plan_for
 from pytest_biascheck.model import ModelSpec, load_checkpoint, save_checkpoint
 from pytest_biascheck.nets import SmallResNet
+from pytest_biascheck.planning import plan_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = {

@@ -9,13 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_biascheck.checks import Scope, catalogue
+from pytest_biascheck.checks import catalogue
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.distributed import gather_pass, shard_indices
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results, finish, run_pass
+from pytest_biascheck.evaluate import Results, finish, run_pass
 from pytest_biascheck.model import LoadedModel
+from pytest_biascheck.planning import Plan, Scope
 from pytest_biascheck.report import write_report
 
 REPORT_SCHEMA = "mitigations-report/1"

@@ -46,9 +46,10 @@ from torch.utils.data import DataLoader, Subset
 from mitigations.recipe import Defaults, Job, Recipe, Setup, dataset_labels, group_values
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results, group_levels
+from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.leakage import fit_probe, percent_unlearned
 from pytest_biascheck.model import ModelSpec
+from pytest_biascheck.planning import group_levels
 
 CONFUSION = ("ce", "kl")
 #: ``--freeze conv``: every parameter outside ``nn.Linear`` layers (the paper froze conv1-conv5).

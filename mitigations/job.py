@@ -27,14 +27,15 @@ from mitigations.recipe import Job, Recipe, Setup, dataset_labels, label_columns
 from mitigations.train import TrainConfig, Trained, config_facts, fingerprint, train
 from pytest_biascheck import hookspecs
 from pytest_biascheck.atomic import atomic_write_text
-from pytest_biascheck.checks import Scope, catalogue
+from pytest_biascheck.checks import catalogue
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
 from pytest_biascheck.data import default_spec, open_data
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.distributed import process_group
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results, data_for, group_levels, plan_for
+from pytest_biascheck.evaluate import Results
 from pytest_biascheck.model import LoadedModel, load_checkpoint, save_checkpoint
+from pytest_biascheck.planning import Plan, Scope, data_for, group_levels, plan_for
 from pytest_biascheck.report.document import records, to_json
 
 #: Options that change how a run executes or where it reads and writes, not the weights it makes.

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pytest_biascheck.checks import Scope
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results
+from pytest_biascheck.evaluate import Results
 from pytest_biascheck.model import LoadedModel
+from pytest_biascheck.planning import Plan, Scope
 
 #: ``loss(module, inputs, batch) -> {"loss": [b], <component>: [b], ...}``: per-image values, so
 #: the training loop can shard and micro-batch a global batch without changing the maths.

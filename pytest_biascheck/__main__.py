@@ -49,7 +49,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """Load settings, model and data, evaluate (sharded under torchrun) and save the Results."""
     from pytest_biascheck import hookspecs
     from pytest_biascheck.distributed import gather_pass, process_group, shard_indices
-    from pytest_biascheck.evaluate import data_for, finish, plan_for, run_pass
+    from pytest_biascheck.evaluate import finish, run_pass
+    from pytest_biascheck.planning import data_for, plan_for
     from pytest_biascheck.store import save_results
 
     settings, model = _load(args)

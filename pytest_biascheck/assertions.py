@@ -6,8 +6,9 @@ def test_smiling_looks_at_the_mouth(biascheck_results):
 
 from __future__ import annotations
 
-from pytest_biascheck.checks import Measurement, Scope, Target, catalogue
+from pytest_biascheck.checks import Measurement, Target, catalogue
 from pytest_biascheck.evaluate import Results
+from pytest_biascheck.planning import Scope
 
 
 def measure(results: Results, check: str, attribute: str, other: str | None = None) -> Measurement:

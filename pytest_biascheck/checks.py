@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from pytest_biascheck.data.base import group_parts
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
+from pytest_biascheck.planning import Scope
 
 
 @dataclass(frozen=True)
@@ -38,27 +39,6 @@ class Target:
     @property
     def id(self) -> str:
         return self.attribute if self.other is None else f"{self.attribute}-{self.other}"
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What a model is checked on: attributes, protected groups (``"Male*Young"`` for an
-    intersection), the region of each attribute, and which protected groups the model itself
-    predicts (those have maps, for heatmap scores). For a multiclass head ``attributes`` are the
-    checked classes and ``task`` names the K-way task."""
-
-    attributes: Sequence[str]
-    protected: Sequence[str]
-    regions: dict[str, str]
-    predicted_groups: Sequence[str] = ()
-    positive_rates: dict[str, float] = field(default_factory=dict)
-    head: str = "multilabel"
-    task: str | None = None
-
-    @property
-    def multiclass(self) -> bool:
-        """Whether the model has a K-way (softmax) head."""
-        return self.head == "multiclass"
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class BiascheckState:
     def dataset(self, model: Any) -> tuple[str, Any]:
         """(spec, dataset) a model is evaluated on: model setting, then global setting, then the default."""
         if model.name not in self.datasets:
-            from pytest_biascheck.evaluate import data_for
+            from pytest_biascheck.planning import data_for
 
             extra = hookspecs.merged(self.hook.pytest_biascheck_datasets()) if self.hook else {}
             self.datasets[model.name] = data_for(model, self.settings, extra)
@@ -96,7 +96,7 @@ class BiascheckState:
 
     def scope(self, model: Any) -> Any:
         """What to check for a model: configured attributes/groups/regions, else the data's defaults."""
-        from pytest_biascheck.evaluate import plan_for
+        from pytest_biascheck.planning import plan_for
 
         return plan_for(model, self.dataset(model)[1], self.settings)[0]
 
@@ -107,7 +107,8 @@ class BiascheckState:
         return self.results[model.name]
 
     def _evaluate(self, model: Any) -> Any:
-        from pytest_biascheck.evaluate import evaluate, plan_for
+        from pytest_biascheck.evaluate import evaluate
+        from pytest_biascheck.planning import plan_for
         from pytest_biascheck.store import cache_key, cached, load_results
 
         spec, dataset = self.dataset(model)

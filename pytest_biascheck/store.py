@@ -18,7 +18,8 @@ import torch
 import pytest_biascheck
 from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results
+from pytest_biascheck.evaluate import Results
+from pytest_biascheck.planning import Plan
 
 SCHEMA = "biascheck-results/1"
 _REMAKE = "write it with `python -m pytest_biascheck evaluate --out FILE` or store.save_results"

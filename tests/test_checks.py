@@ -8,7 +8,8 @@ import pytest
 
 from mitigations.__main__ import build_parser
 from mitigations.recipe import builtin_recipes
-from pytest_biascheck.checks import Scope, catalogue
+from pytest_biascheck.checks import catalogue
+from pytest_biascheck.planning import Scope
 
 SCOPE = Scope(
     attributes=["Smiling", "Male"],

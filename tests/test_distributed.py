@@ -18,8 +18,9 @@ from pytest_biascheck.__main__ import main
 from pytest_biascheck.config import Settings, load_settings
 from pytest_biascheck.data import open_data
 from pytest_biascheck.distributed import gather_pass, shard_indices
-from pytest_biascheck.evaluate import evaluate, finish, plan_for, run_pass
+from pytest_biascheck.evaluate import evaluate, finish, run_pass
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import plan_for
 from pytest_biascheck.plugin import BiascheckState
 from pytest_biascheck.store import load_results, save_results
 from tests.test_store import assert_results_match

@@ -17,15 +17,16 @@ from fairlearn.metrics import MetricFrame, false_negative_rate
 from sklearn.metrics import accuracy_score, recall_score
 from torch.utils.data import DataLoader
 
-from pytest_biascheck.checks import BUILTIN, Scope, Target, catalogue
+from pytest_biascheck.checks import BUILTIN, Target, catalogue
 from pytest_biascheck.config import ModelSettings, Settings
 from pytest_biascheck.data.real import MetadataGroups
 from pytest_biascheck.data.synth_birds import SynthBirds
 from pytest_biascheck.data.synth_faces import HAIR_COLOURS, SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import evaluate, plan_for
+from pytest_biascheck.evaluate import evaluate
 from pytest_biascheck.model import ModelSpec, load_checkpoint, save_checkpoint
 from pytest_biascheck.nets import SmallResNet
+from pytest_biascheck.planning import Scope, plan_for
 from tests.conftest import make_tiny
 
 SIZE, N, SHARE = 32, 96, 0.08

@@ -22,8 +22,9 @@ import pytest_biascheck
 from pytest_biascheck.config import ModelSettings, Settings
 from pytest_biascheck.data import open_data
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results, evaluate, plan_for
+from pytest_biascheck.evaluate import Results, evaluate
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import Plan, plan_for
 from pytest_biascheck.store import SCHEMA, cache_key, cached, load_results, save_results
 
 PLAN = Plan(("Smiling",), {"Male": 2}, {"Smiling": "mouth"}, bootstrap=100, seed=3)

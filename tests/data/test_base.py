@@ -10,7 +10,7 @@ import torch
 
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import group_levels
+from pytest_biascheck.planning import group_levels
 
 
 class Stub(BiasDataset):

@@ -16,8 +16,8 @@ from mitigations.recipe import Job
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import ATTRIBUTES, SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import plan_for
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import plan_for
 
 
 def test_weights_below_and_above_one_half():

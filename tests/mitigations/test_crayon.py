@@ -21,8 +21,8 @@ from mitigations.train import TrainConfig, train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import plan_for
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import plan_for
 from tests.mitigations.conftest import BIASED
 
 

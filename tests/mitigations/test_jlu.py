@@ -28,10 +28,10 @@ from mitigations.train import train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import plan_for
 from pytest_biascheck.metrics.leakage import percent_unlearned
 from pytest_biascheck.model import ModelSpec, load_checkpoint
 from pytest_biascheck.nets import SmallResNet
+from pytest_biascheck.planning import plan_for
 
 #: The tiny test model has a 4x4 CAM grid: the gate warns that regions are coarse on it.
 pytestmark = pytest.mark.filterwarnings("ignore:regions of .* cover less than one cell")

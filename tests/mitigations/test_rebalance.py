@@ -19,9 +19,9 @@ from mitigations.recipe import Job
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import plan_for
 from pytest_biascheck.metrics.mcc import mcc_from_counts
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import plan_for
 
 
 def mcc(groups: np.ndarray) -> float:

@@ -21,9 +21,10 @@ from pytest_biascheck.config import Settings
 from pytest_biascheck.data.regions import template_box_mask
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results, plan_for
+from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.maps import mask_to_cam
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import plan_for
 
 
 def test_hard_loss_hand_computed():

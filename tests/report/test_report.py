@@ -23,11 +23,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import matthews_corrcoef
 
-from pytest_biascheck.checks import BUILTIN, Scope
+from pytest_biascheck.checks import BUILTIN
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Plan, Results, evaluate
+from pytest_biascheck.evaluate import Results, evaluate
 from pytest_biascheck.model import load_checkpoint
+from pytest_biascheck.planning import Plan, Scope
 from pytest_biascheck.report import (
     HTML_NAME,
     JSON_NAME,

@@ -1,0 +1,233 @@
+"""What to check and measure for a model: its evaluation data (``data_for``), the checked
+attributes, protected groups and regions (``Scope``, for the checks) and the measurements one pass must
+make (``Plan``, for ``evaluate``). The plugin, the CLI and the recipes all plan through here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pytest_biascheck.config import Settings
+from pytest_biascheck.data.base import INTERSECTION, BiasDataset, group_parts
+from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.model import LoadedModel
+
+#: Name of a multiclass head's K-way task when no ``label`` column names it.
+DEFAULT_TASK = "class"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure: checked attributes, protected groups (with their number of values), and the
+    region each attribute should be looked at in.
+
+    For a multiclass head (``head="multiclass"``) ``attributes`` are its K classes, each measured
+    one-vs-rest with its own map, and ``task`` names the K-way task (top-1 accuracy, worst-group
+    accuracy over class x group cells); the true class comes from the data column ``label``, or
+    from one-hot label columns named like the classes. ``min_group_share`` leaves smaller groups out
+    of group statistics; ``levels`` names each protected group's values for reports.
+    """
+
+    attributes: tuple[str, ...]
+    protected: dict[str, int]
+    regions: dict[str, str]
+    bootstrap: int = 1000
+    seed: int = 0
+    leakage: bool = False  # fit the leakage probe (seconds of L-BFGS) only when its check runs
+    head: str = "multilabel"
+    task: str | None = None
+    label: str | None = None
+    min_group_share: float = 0.01
+    levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def mapped(self) -> tuple[str, ...]:
+        """The attributes that have a region: mask scores and energies are measured for these."""
+        return tuple(a for a in self.attributes if a in self.regions)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """A plan from its ``dataclasses.asdict`` form after a JSON round trip (lists -> tuples)."""
+        return cls(
+            **{
+                **data,
+                "attributes": tuple(data["attributes"]),
+                "levels": {k: tuple(v) for k, v in data.get("levels", {}).items()},
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a model is checked on: attributes, protected groups (``"Male*Young"`` for an
+    intersection), the region of each attribute, and which protected groups the model itself
+    predicts (those have maps, for heatmap scores). For a multiclass head ``attributes`` are the
+    checked classes and ``task`` names the K-way task."""
+
+    attributes: Sequence[str]
+    protected: Sequence[str]
+    regions: dict[str, str]
+    predicted_groups: Sequence[str] = ()
+    positive_rates: dict[str, float] = field(default_factory=dict)
+    head: str = "multilabel"
+    task: str | None = None
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the model has a K-way (softmax) head."""
+        return self.head == "multiclass"
+
+
+def group_levels(dataset: BiasDataset, names: Sequence[str]) -> dict[str, int]:
+    """Number of values of each protected group: 2 for a label, the dataset's declared levels for a
+    group column, the product of its parts' for an intersection such as ``"Male*Young"``."""
+    return {name: len(dataset.protected_levels(name)) for name in names}
+
+
+def data_for(
+    model: LoadedModel,
+    settings: Settings,
+    extra: Mapping[str, Any] | None = None,
+    spec: str | None = None,
+) -> tuple[str, BiasDataset]:
+    """(spec, test split) a model is evaluated on: ``spec`` if given, else the model's setting, the
+    global setting, or the synthetic set carrying its attributes; ``extra`` are plugin datasets.
+    Group columns of a configured metadata CSV are joined on the image id."""
+    from pytest_biascheck.data import default_spec, open_data
+
+    spec = spec or settings.for_model(model.name).data or settings.data
+    spec = spec or default_spec(model.spec.attributes)
+    if spec is None:
+        raise BiascheckError(
+            f"no evaluation data for model {model.name}; pass --biascheck-data (pytest) or --data "
+            f"(python -m pytest_biascheck), or set data under [tool.biascheck.models.{model.name}]"
+        )
+    _, height, width = model.spec.input_size
+    size = height if height == width else (height, width)
+    dataset = open_data(spec, "test", size, extra)
+    metadata = settings.metadata_for(model.name)
+    if metadata is not None:
+        from pytest_biascheck.data.real import MetadataGroups
+
+        dataset = MetadataGroups(dataset, *metadata)
+    return spec, dataset
+
+
+def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tuple[Scope, Plan]:
+    """What to check (Scope) and to measure (Plan) for a model: its configured attributes, groups
+    and regions, else the data's defaults. The plugin and the CLI both plan through here."""
+    own = settings.for_model(model.name)
+    default = getattr(dataset, "default_scope", {})
+    multiclass = model.spec.head == "multiclass"
+    where = f"[tool.biascheck.models.{model.name}]"
+    task = _task_name(model, own.label, where)
+    attributes = _checked(model, dataset, own.attributes, default, where)
+    if multiclass:
+        class_lookup(dataset, model.spec.attributes, own.label, where)
+    defaults = [  # a multiclass head's classes are its label, not protected groups
+        g
+        for g in default.get("protected", [])
+        if not (multiclass and set(group_parts(g)) & set(model.spec.attributes))
+    ]
+    protected = [INTERSECTION.join(group_parts(g)) for g in own.protected or defaults]
+    shared = dict.fromkeys(model.spec.attributes, own.regions[task]) if task in own.regions else {}
+    regions = {**default.get("regions", {}), **shared, **own.regions}  # the task's: every class's
+    scope = Scope(
+        attributes=attributes,
+        protected=protected,
+        regions={a: regions[a] for a in attributes if a in regions},
+        predicted_groups=[] if multiclass else [g for g in protected if g in model.spec.attributes],
+        positive_rates=dict(model.provenance.get("positive_rates", {})),
+        head=model.spec.head,
+        task=task,
+    )
+    plan = Plan(
+        attributes=tuple(model.spec.attributes if multiclass else scope.attributes),
+        protected=group_levels(dataset, scope.protected),
+        regions=scope.regions,
+        bootstrap=settings.bootstrap,
+        seed=settings.seed,
+        leakage="leakage" in (own.checks or settings.checks),
+        head=model.spec.head,
+        task=task,
+        label=own.label,
+        min_group_share=settings.min_share(model.name),
+        levels={g: dataset.protected_levels(g) for g in scope.protected},
+    )
+    return scope, plan
+
+
+def _task_name(model: LoadedModel, label: str | None, where: str) -> str | None:
+    """A multiclass head's task name (its ``label`` column, else "class"); None for multilabel."""
+    if model.spec.head != "multiclass":
+        if label is not None:
+            raise BiascheckError(
+                f"model {model.name} has a multilabel head, so label (the class column of a "
+                f"multiclass head) does not apply; remove it from {where}"
+            )
+        return None
+    task = label or DEFAULT_TASK
+    if task in model.spec.attributes:
+        raise BiascheckError(
+            f"model {model.name}: the task name {task!r} is also a class name; set label under "
+            f"{where} to a column of another name"
+        )
+    return task
+
+
+def _checked(
+    model: LoadedModel,
+    dataset: BiasDataset,
+    configured: Sequence[str],
+    default: Mapping[str, Any],
+    where: str,
+) -> list[str]:
+    """The attributes (a multiclass head: classes) to check: configured, else the data's default
+    ones the model predicts (a multiclass head: all its classes); unknown names are errors."""
+    if model.spec.head == "multiclass":
+        unknown = [a for a in configured if a not in model.spec.attributes]
+        if unknown:
+            raise BiascheckError(
+                f"model {model.name}: {unknown[0]!r} is not one of its classes "
+                f"({', '.join(model.spec.attributes)}); fix {where} attributes"
+            )
+        return list(configured or model.spec.attributes)
+    predicted = model.spec.attributes
+    attributes = list(configured) or [
+        a for a in default.get("attributes", dataset.attributes) if a in predicted
+    ]
+    for name in attributes:
+        if name not in predicted or name not in dataset.attributes:
+            raise BiascheckError(
+                f"model {model.name}: attribute {name!r} is not predicted by the model or not "
+                f"labelled in the data; fix {where} attributes"
+            )
+    return attributes
+
+
+def class_lookup(
+    dataset: BiasDataset, classes: Sequence[str], label: str | None, where: str = "the config"
+) -> torch.Tensor | None:
+    """How a multiclass head's true class is read from the data: None for one-hot label columns
+    named like the classes, else a table from the codes of data column ``label`` to class indices
+    (matched by name, or by position when its values are 0..K-1); a one-line error otherwise."""
+    if label is None:
+        missing = [c for c in classes if c not in dataset.attributes]
+        if missing:
+            raise BiascheckError(
+                f"the data has no label column for class {missing[0]!r} of the multiclass model; "
+                f'set label = "<column holding the class>" under {where}'
+            )
+        return None
+    levels = dataset.protected_levels(label)
+    if set(levels) <= set(classes):
+        return torch.tensor([classes.index(v) for v in levels])
+    if levels == tuple(str(i) for i in range(len(classes))):
+        return torch.arange(len(classes))
+    raise BiascheckError(
+        f"values of label column {label!r} ({', '.join(levels)}) are neither the model's classes "
+        f"({', '.join(classes)}) nor 0..{len(classes) - 1}; recode the column or fix {where} label"
+    )

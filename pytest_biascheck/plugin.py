@@ -15,6 +15,8 @@ from pytest_biascheck.config import Settings, find_config, load_settings, valida
 from pytest_biascheck.errors import BiascheckError
 
 STATE = pytest.StashKey["BiascheckState"]()
+#: The usage error an xdist worker stopped on (set in the controller).
+WORKER_ERROR = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -268,7 +270,48 @@ def pytest_collection_modifyitems(
     items[:0] = generated
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Evaluate the model an item needs before the item starts (inside pytest's warning capture),
+    so bad data found only during evaluation (a truncated image, a decompression bomb) is one
+    usage error (exit 4) instead of one failed item per check."""
+    state = item.config.stash.get(STATE, None)
+    model = None if state is None else _model_of(item)
+    if model is None or model.name in state.results:
+        return
+    try:
+        state.results_for(model)
+    except BiascheckError as exc:
+        if hasattr(item.config, "workerinput"):  # xdist: the controller stops and exits 4
+            item.session.shouldstop = str(exc)
+            item.config.workeroutput["biascheck_error"] = str(exc)
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _model_of(item: pytest.Item) -> Any:
+    """The model whose results an item reads: a check item's, or a user test's through the
+    ``biascheck_results`` fixture; None for other tests."""
+    from pytest_biascheck.items import CheckItem
+
+    if isinstance(item, CheckItem):
+        return item.model
+    if "biascheck_results" in getattr(item, "fixturenames", ()):
+        return item.callspec.params.get("biascheck_model")
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: a worker that stopped on bad data (``pytest_runtest_protocol``) makes the run
+    a usage error."""
+    message = getattr(node, "workeroutput", {}).get("biascheck_error")
+    if message:
+        node.config.stash[WORKER_ERROR] = message
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if WORKER_ERROR in session.config.stash:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
     state = session.config.stash.get(STATE, None)
     if state is None:
         return

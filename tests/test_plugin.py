@@ -300,3 +300,49 @@ def test_metadata_groups_join_and_a_changed_csv_is_evaluated_again(
 
     assert tones_in_report(["dark"] * 16 + ["light"] * 48) == {"dark": 16, "light": 48}
     assert tones_in_report(["dark"] * 40 + ["light"] * 24) == {"dark": 40, "light": 24}
+
+
+@pytest.fixture
+def truncated_image_data(pytester: pytest.Pytester) -> str:
+    """A CSV of four images whose third (listing line 4) is truncated: it fails only when read."""
+    from PIL import Image
+
+    folder = pytester.path / "data"
+    folder.mkdir()
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2},1,0\n")
+    whole = (folder / "2.png").read_bytes()
+    (folder / "2.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "list.csv").write_text("image,Smiling,Male,Young\n" + "".join(rows))
+    return "--biascheck-data=data/list.csv"
+
+
+def test_bad_data_found_during_evaluation_is_one_usage_error(
+    pytester: pytest.Pytester, models, truncated_image_data
+):
+    """No item runs: one line and exit 4 (for check items and for user tests of the results)."""
+    accuracy_only(pytester)
+    pytester.makepyfile(test_own="def test_own(biascheck_results):\n    assert False\n")
+    for extra in ([], ["test_own.py"]):
+        result = pytester.runpytest(f"--biascheck={models[0]}", truncated_image_data, *extra)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        errors = [line for line in result.stderr.lines if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("ERROR: "), result.stderr.lines
+        assert "2.png" in errors[0] and "list.csv line 4" in errors[0]
+        assert "failed" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    assert not (pytester.path / "reports" / "biascheck.html").exists()
+
+
+def test_bad_data_under_xdist_is_a_usage_error(
+    pytester: pytest.Pytester, models, truncated_image_data
+):
+    pytest.importorskip("xdist")
+    accuracy_only(pytester)
+    result = pytester.runpytest_subprocess(
+        f"--biascheck={models[0]}", truncated_image_data, "-p", "xdist", "-n", "2"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*2.png cannot be read (data/list.csv line 4)*"])
+    assert "failed" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()

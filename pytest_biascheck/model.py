@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
-import io
 import json
+import math
 import pickle
 import warnings
 import zipfile
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_biascheck import files
 from pytest_biascheck.atomic import atomic_open
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.layers import candidate_layers, choose_target_layer
@@ -31,6 +31,13 @@ from pytest_biascheck.nets import small_resnet, small_vit
 FORMAT = "biascheck/1"
 HEADS = ("multilabel", "multiclass")
 TORCHSCRIPT_SPEC = "biascheck.json"
+#: Most input channels a task may declare.
+MAX_CHANNELS = 64
+#: Bounds on ``arch_kwargs``: every number's magnitude, every list's length, the nesting depth.
+#: Beyond them a file could make the architecture allocate any amount of memory.
+MAX_ARCH_NUMBER = 2**16
+MAX_ARCH_ITEMS = 1024
+MAX_ARCH_DEPTH = 4
 
 Factory = Callable[..., nn.Module]
 
@@ -52,21 +59,33 @@ class ModelSpec:
     head: str = "multilabel"
 
     def __post_init__(self) -> None:
+        if isinstance(self.attributes, str) or not isinstance(self.attributes, (list, tuple)):
+            raise ValueError("task.attributes must be a non-empty list of names")
         object.__setattr__(self, "attributes", tuple(self.attributes))
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "input_size", _integers("task.input_size", self.input_size))
+        object.__setattr__(self, "mean", _finite("task.mean", self.mean))
+        object.__setattr__(self, "std", _finite("task.std", self.std))
         if not self.attributes or not all(isinstance(a, str) and a for a in self.attributes):
             raise ValueError("task.attributes must be a non-empty list of names")
         if len(set(self.attributes)) != len(self.attributes):
             raise ValueError("task.attributes has duplicate names")
         if len(self.input_size) != 3 or min(self.input_size) < 1:
             raise ValueError(f"task.input_size must be [C, H, W], got {list(self.input_size)}")
-        channels = self.input_size[0]
+        channels, height, width = self.input_size
+        if channels > MAX_CHANNELS:
+            raise ValueError(f"task.input_size has {channels} channels, more than {MAX_CHANNELS}")
+        if height * width > files.limit("input_pixels"):
+            raise ValueError(
+                f"task.input_size {list(self.input_size)} has {height * width} pixels, over the "
+                f"limit of {files.limit('input_pixels')}; fix it, or raise [tool.biascheck] "
+                "limits.input_pixels"
+            )
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"task.mean and task.std need {channels} values (one per channel)")
         if min(self.std) <= 0:
             raise ValueError("task.std values must be positive")
+        if self.target_layer is not None and not isinstance(self.target_layer, str):
+            raise ValueError(f"task.target_layer must be a layer name, got {self.target_layer!r}")
         if self.head not in HEADS:
             raise ValueError(f"task.head must be one of {HEADS}, got {self.head!r}")
 
@@ -78,7 +97,7 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a checkpoint's ``task`` dict, rejecting unknown keys."""
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ValueError(f"unknown task key(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
@@ -203,98 +222,122 @@ def load_checkpoint(
     allow_imports: Iterable[str] = (),
     architectures: Mapping[str, Factory] | None = None,
     spec_overrides: Mapping[str, Any] | None = None,
+    outputs_only: bool = False,
 ) -> LoadedModel:
-    """Load a checkpoint, a TorchScript file or (trusted only) a pickled module, fully validated.
+    """Load a checkpoint or (trusted only) a pickled module, fully validated before any weight
+    is allocated; a TorchScript file only with ``outputs_only=True``: its layers cannot be
+    hooked, so it gives outputs but not the maps every evaluation takes.
 
-    A spec without ``target_layer`` gets the automatic one (``layers`` module docstring; not for
-    TorchScript, whose layers cannot be hooked). Every refusal is a ``BiascheckError`` with one line
-    naming the file and what to do instead.
+    The file is opened through :mod:`pytest_biascheck.files` and memory-mapped. A spec without
+    ``target_layer`` gets the automatic one (``layers`` module docstring). Every refusal is a
+    ``BiascheckError`` with one line naming the file and what to do instead.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    digest = hashlib.sha256(data).hexdigest()
-    if _is_torchscript(data):
-        module, task = _load_torchscript(path, data)
+    if "code" in _zip_members(path):
+        if not outputs_only:
+            raise BiascheckError(
+                f"model file {path} is TorchScript, whose layers cannot be hooked: biascheck could "
+                "read its outputs but not the class-activation maps its evaluation takes; check "
+                "the original model saved with pytest_biascheck.save_checkpoint()"
+            )
+        module, task = _load_torchscript(path)
         arch, arch_kwargs, provenance = "torchscript", {}, {}
     else:
-        payload = _unpickle(path, data, trust_pickle)
+        payload = _unpickle(path, trust_pickle)
         if isinstance(payload, nn.Module):
             module, task, arch, arch_kwargs, provenance = payload, {}, "pickled", {}, {}
         else:
-            payload = _check_payload(path, payload)
-            arch, arch_kwargs = payload["arch"], dict(payload.get("arch_kwargs", {}))
-            task, provenance = payload["task"], dict(payload.get("provenance", {}))
+            payload = check_payload(path, payload)
+            arch, arch_kwargs = payload["arch"], payload["arch_kwargs"]
+            task, provenance = payload["task"], payload["provenance"]
             module = None
     spec = _make_spec(path, {**task, **dict(spec_overrides or {})})
     if module is None:
         factory = resolve_architecture(arch, architectures, allow_imports)
-        try:
-            module = factory(len(spec.attributes), **arch_kwargs)
-        except TypeError as exc:
-            raise BiascheckError(
-                f"{path}: arch_kwargs {arch_kwargs} do not fit {arch!r}: {exc}"
-            ) from None
-        _load_state(path, module, payload["state_dict"], arch)
+        with torch.random.fork_rng(devices=[]):  # the blueprint leaves the RNG as it was
+            blueprint = _build(path, factory, spec, arch, arch_kwargs, "meta")
+        check_weights(path, blueprint.state_dict(), payload["state_dict"], arch)
+        module = _build(path, factory, spec, arch, arch_kwargs, "cpu")
+        module.load_state_dict(payload["state_dict"])
     module.eval()
     _check_outputs(path, module, spec)
     _check_target_layer(path, module, spec)
     spec = _with_target_layer(path, module, spec)
+    digest = files.sha256(path, "model", "model file")
     return LoadedModel(module, spec, path, digest, arch, arch_kwargs, provenance)
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise BiascheckError(f"model file {path} does not exist; check the path")
-    if path.is_dir():
-        raise BiascheckError(f"model path {path} is a folder; give the checkpoint file inside it")
-    data = path.read_bytes()
-    if not data:
+def _zip_members(path: Path) -> set[str]:
+    """The folders just below the archive's root folder (``data``, ``code``...), read from the
+    zip directory alone; anything but a zip, or a checkpoint with compressed members (a zip bomb
+    would inflate them), is refused."""
+    with files.open_file(path, "model", "model file") as fh:
+        if fh.seek(0, 2) == 0:
+            raise BiascheckError(
+                f"model file {path} is empty; re-save it with pytest_biascheck.save_checkpoint()"
+            )
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+            raise BiascheckError(
+                f"model file {path} is not a torch checkpoint (truncated, or another format); "
+                "re-save it with pytest_biascheck.save_checkpoint()"
+            ) from None
+    folders = {parts[1] for i in infos if len(parts := i.filename.split("/")) > 2}
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed and "code" not in folders:  # TorchScript compresses its code, never its tensors
         raise BiascheckError(
-            f"model file {path} is empty; re-save it with pytest_biascheck.save_checkpoint()"
+            f"model file {path} has compressed members ({packed[0]}), which torch.save never "
+            "writes; re-save it with pytest_biascheck.save_checkpoint()"
         )
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise BiascheckError(
-            f"model file {path} is not a torch checkpoint (truncated, or another format); "
-            "re-save it with pytest_biascheck.save_checkpoint()"
-        )
-    return data
+    return folders
 
 
-def _is_torchscript(data: bytes) -> bool:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in zf.namelist())
-
-
-def _load_torchscript(path: Path, data: bytes) -> tuple[nn.Module, dict]:
+def _load_torchscript(path: Path) -> tuple[nn.Module, dict]:
     extra = {TORCHSCRIPT_SPEC: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
-    if not extra[TORCHSCRIPT_SPEC]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        task = json.loads(extra[TORCHSCRIPT_SPEC]) if extra[TORCHSCRIPT_SPEC] else None
+    except Exception as exc:  # torch.jit.load raises many types on a damaged archive
+        raise BiascheckError(
+            f"model file {path} has a code/ folder but is no TorchScript archive that loads "
+            f"({_first_line(exc)}); re-save it with pytest_biascheck.save_checkpoint()"
+        ) from None
+    if not isinstance(task, dict):
         raise BiascheckError(
             f"TorchScript file {path} has no {TORCHSCRIPT_SPEC} extra file with the task; "
             "save it with pytest_biascheck.model.save_torchscript()"
         )
-    return module, json.loads(extra[TORCHSCRIPT_SPEC])
+    return module, task
 
 
-def _unpickle(path: Path, data: bytes, trust_pickle: bool) -> Any:
+def _unpickle(path: Path, trust_pickle: bool) -> Any:
+    """The payload, its tensors memory-mapped from the file (the weights are not read yet)."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
     except pickle.UnpicklingError:
+        if trust_pickle:
+            raise BiascheckError(
+                f"model file {path} could not be unpickled; it may be truncated: copy it again"
+            ) from None
         raise BiascheckError(
             f"model file {path} holds pickled Python objects that could run code and was not loaded; "
             "re-save it with pytest_biascheck.save_checkpoint(), or pass --biascheck-trust-pickle "
             "only if you trust its source"
         ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # a damaged archive makes torch.load raise many types
         raise BiascheckError(
-            f"model file {path} could not be read ({first}); it may be truncated: copy it again"
+            f"model file {path} could not be read ({_first_line(exc)}); it may be truncated: "
+            "copy it again"
         ) from None
 
 
-def _check_payload(path: Path, payload: Any) -> dict:
+def check_payload(path: Path, payload: Any) -> dict[str, Any]:
+    """The checkpoint's entries, each of the right type: ``arch_kwargs`` within the bounds above,
+    ``provenance`` plain JSON, ``state_dict`` names to tensors. Nothing is allocated."""
     if not isinstance(payload, dict) or "format" not in payload:
         kind = "a bare state_dict" if isinstance(payload, dict) else f"a {type(payload).__name__}"
         raise BiascheckError(
@@ -310,32 +353,74 @@ def _check_payload(path: Path, payload: Any) -> dict:
         raise BiascheckError(
             f"checkpoint {path} lacks {', '.join(missing)}; re-save it with save_checkpoint()"
         )
-    return payload
-
-
-def _make_spec(path: Path, task: Mapping[str, Any]) -> ModelSpec:
-    if "attributes" not in task:
-        raise BiascheckError(
-            f"model {path} does not say what it predicts; set attributes under "
-            f"[tool.biascheck.models.{path.stem}] or re-save it with save_checkpoint()"
-        )
+    fix = "re-save it with save_checkpoint()"
+    checked = {
+        "arch": payload["arch"],
+        "arch_kwargs": payload.get("arch_kwargs", {}),
+        "task": payload["task"],
+        "provenance": payload.get("provenance", {}),
+        "state_dict": payload["state_dict"],
+    }
+    for key, kind in (("arch", str), ("arch_kwargs", dict), ("task", dict), ("provenance", dict)):
+        if not isinstance(checked[key], kind):
+            raise BiascheckError(
+                f"checkpoint {path}: {key} is a {type(checked[key]).__name__}, not a "
+                f"{kind.__name__}; {fix}"
+            )
+    problem = _arch_kwargs_problem(checked["arch_kwargs"], "arch_kwargs", 0)
+    if problem:
+        raise BiascheckError(f"checkpoint {path}: {problem}; fix arch_kwargs or {fix}")
     try:
-        return ModelSpec.from_dict(task)
+        json.dumps(checked["provenance"], allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise BiascheckError(f"model {path}: {exc}") from None
-
-
-def _load_state(
-    path: Path, module: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str
-) -> None:
-    bad = [
-        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
+        raise BiascheckError(
+            f"checkpoint {path}: provenance is not plain JSON ({exc}); {fix}"
+        ) from None
+    state = checked["state_dict"]
+    bad = (
+        [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+        if isinstance(state, dict)
+        else [type(state).__name__]
+    )
     if bad:
         raise BiascheckError(
-            f"model {path} has NaN/Inf weights in {_first(bad)}; retrain or restore an earlier checkpoint"
+            f"checkpoint {path}: state_dict must map names to tensors, not {bad[0]!r}; {fix}"
         )
-    expected = module.state_dict()
+    return checked
+
+
+def _arch_kwargs_problem(value: Any, where: str, depth: int) -> str | None:
+    """What makes ``value`` unsafe to hand to an architecture factory, or None."""
+    if value is None or isinstance(value, (bool, str)):
+        return f"{where} is a string of {len(value)} characters" if len(str(value)) > 256 else None
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or abs(value) > MAX_ARCH_NUMBER:
+            return f"{where} is {value}, outside [-{MAX_ARCH_NUMBER}, {MAX_ARCH_NUMBER}]"
+        return None
+    if not isinstance(value, (list, tuple, dict)):
+        return f"{where} is a {type(value).__name__}; only numbers, strings, lists and tables"
+    if depth >= MAX_ARCH_DEPTH or len(value) > MAX_ARCH_ITEMS:
+        return f"{where} nests deeper than {MAX_ARCH_DEPTH} or holds over {MAX_ARCH_ITEMS} items"
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(value, dict) and not isinstance(key, str):
+            return f"{where} has a key {key!r} that is not a string"
+        problem = _arch_kwargs_problem(item, f"{where}.{key}", depth + 1)
+        if problem:
+            return problem
+    return None
+
+
+def check_weights(
+    path: Path,
+    expected: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    arch: str,
+) -> None:
+    """Refuse weights that do not fit the architecture's ``expected`` state dict (names and
+    shapes, read from a meta-device blueprint), that are not stored densely (a stride-0 view of
+    size 2**40 takes a few bytes on disk), or that hold NaN/Inf. Only metadata is read until the
+    values are scanned, in chunks of a flat view: no view is ever materialised."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
@@ -357,15 +442,82 @@ def _load_state(
             f"weights in {path} do not fit architecture {arch!r}: {'; '.join(problems)}; "
             "check arch/arch_kwargs or the number of attributes"
         )
-    module.load_state_dict(state_dict)
+    overlapping = [k for k, v in state_dict.items() if not _dense(v.shape, v.stride())]
+    if overlapping:
+        raise BiascheckError(
+            f"weights in {path} are not stored densely ({_first(overlapping)} has overlapping "
+            "strides); re-save them with save_checkpoint()"
+        )
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not _all_finite(v)]
+    if bad:
+        raise BiascheckError(
+            f"model {path} has NaN/Inf weights in {_first(bad)}; retrain or restore an earlier checkpoint"
+        )
+
+
+def _dense(shape: Iterable[int], stride: Iterable[int]) -> bool:
+    """Whether a tensor of this shape and stride covers its memory exactly once, in any order."""
+    dims = sorted((st, size) for size, st in zip(shape, stride, strict=True) if size != 1)
+    if any(size == 0 for _, size in dims):
+        return True
+    span = 1
+    for st, size in dims:
+        if st != span:
+            return False
+        span *= size
+    return True
+
+
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """``isfinite(tensor).all()`` over chunks of a flat view of a dense tensor (no copy)."""
+    order = sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d))
+    flat = tensor.permute(order).reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
+def _build(
+    path: Path, factory: Factory, spec: ModelSpec, arch: str, kwargs: dict, device: str
+) -> nn.Module:
+    """The architecture on ``device`` ("meta": shapes without memory); its errors are one line."""
+    try:
+        with torch.device(device):
+            return factory(len(spec.attributes), **kwargs)
+    except Exception as exc:  # the factory is code of its own: any error means bad kwargs
+        raise BiascheckError(
+            f"{path}: arch_kwargs {kwargs} do not fit {arch!r}: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _make_spec(path: Path, task: Mapping[str, Any]) -> ModelSpec:
+    if "attributes" not in task:
+        raise BiascheckError(
+            f"model {path} does not say what it predicts; set attributes under "
+            f"[tool.biascheck.models.{path.stem}] or re-save it with save_checkpoint()"
+        )
+    try:
+        return ModelSpec.from_dict(task)
+    except (TypeError, ValueError) as exc:
+        raise BiascheckError(f"model {path}: {exc}") from None
 
 
 def _check_outputs(path: Path, module: nn.Module, spec: ModelSpec) -> None:
-    with torch.no_grad():
-        out = module(torch.zeros(1, *spec.input_size))
-    if out.ndim != 2 or out.shape[1] != len(spec.attributes):
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *spec.input_size))
+    except Exception as exc:  # the model's own code: any error means it cannot take this input
         raise BiascheckError(
-            f"model {path} outputs shape {list(out.shape)} but its task names {len(spec.attributes)} "
+            f"model {path} cannot run on its task.input_size {list(spec.input_size)} "
+            f"({_first_line(exc)}); fix task.input_size or arch_kwargs"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != len(spec.attributes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BiascheckError(
+            f"model {path} outputs shape {shape} but its task names {len(spec.attributes)} "
             "attributes; make task.attributes match the head's outputs"
         )
 
@@ -393,6 +545,31 @@ def _with_target_layer(path: Path, module: nn.Module, spec: ModelSpec) -> ModelS
             "head, as in an untrained torchvision ViT, depends on none); set task.target_layer"
         )
     return dataclasses.replace(spec, target_layer=layer)
+
+
+def _integers(name: str, values: Any) -> tuple[int, ...]:
+    """Whole numbers (ints, or floats without a fraction) as ints; a ValueError otherwise."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list of whole numbers, got {values!r}")
+    whole = all(
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+        for v in values
+    )
+    if not whole:
+        raise ValueError(f"{name} must be a list of whole numbers, got {list(values)}")
+    return tuple(int(v) for v in values)
+
+
+def _finite(name: str, values: Any) -> tuple[float, ...]:
+    """Finite numbers as floats; a ValueError names NaN and infinities."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list of numbers, got {values!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be a list of numbers, got {list(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be finite numbers, got {list(values)}")
+    return tuple(float(v) for v in values)
 
 
 def _first(items: list[str], n: int = 3) -> str:

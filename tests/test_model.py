@@ -60,10 +60,13 @@ def test_round_trip_gives_identical_outputs(tmp_path, arch, build):
     assert not loaded.module.training
 
 
-def test_torchscript_round_trip(tmp_path):
+def test_torchscript_loads_for_its_outputs_only(tmp_path):
     torch.manual_seed(0)
     model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
-    loaded = load_checkpoint(save_torchscript(model, SPEC, tmp_path / "m.ts"))
+    path = save_torchscript(model, SPEC, tmp_path / "m.ts")
+    with pytest.raises(BiascheckError, match="is TorchScript, whose layers cannot be hooked"):
+        load_checkpoint(path)
+    loaded = load_checkpoint(path, outputs_only=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded.module(x), atol=1e-6)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_biascheck.config import option_type
 from pytest_biascheck.errors import BiascheckError
 
 if TYPE_CHECKING:
@@ -17,14 +18,25 @@ if TYPE_CHECKING:
     from pytest_biascheck.model import LoadedModel
 
 
+#: Exit code of bad input, as for ``pytest --biascheck`` (pytest's usage error).
+USAGE_ERROR = 4
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 4, like every other refusal."""
+
+    def error(self, message: str) -> None:
+        self.exit(USAGE_ERROR, f"biascheck: error: {message}; see {self.prog} --help\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; bad input prints one line on stderr and returns exit code 2."""
-    args = _parser().parse_args(argv)
+    """Run a subcommand; bad input prints one line on stderr and returns exit code 4."""
     try:
+        args = _parser().parse_args(argv)
         return args.run(args)
     except BiascheckError as exc:
         print(f"biascheck: error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, LoadedModel]:
@@ -86,16 +98,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
 def layers_command(args: argparse.Namespace) -> int:
     """Print the candidate target layers (output shape per image, feature-map layout) in the order
     they finish, marking the model's target layer and naming the automatic choice."""
-    import torch
-
     from pytest_biascheck.layers import candidate_layers, choose_target_layer
 
     _, model = _load(args)
-    if isinstance(model.module, torch.jit.ScriptModule):
-        raise BiascheckError(
-            f"{args.model} is TorchScript, whose layers cannot be hooked; set task.target_layer "
-            "to a dotted name from the original model's named_modules()"
-        )
     found = candidate_layers(model.module, model.spec.input_size)
     automatic = choose_target_layer(model.module, found)
     rows = [("", "layer", "module", "output", "feature map")] + [
@@ -121,15 +126,8 @@ def layers_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pytest_biascheck",
         description="biascheck outside pytest: evaluate a model once and save the results, or "
         "list the layers its maps can be taken at.",
@@ -148,8 +146,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", required=True, metavar="FILE", help="results JSON to write")
     _add_loading(evaluate)
-    evaluate.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch")
-    evaluate.add_argument("--device", metavar="DEVICE", help="torch device (default: auto)")
+    evaluate.add_argument(
+        "--batch-size", type=option_type("batch_size"), metavar="N", help="images per batch"
+    )
+    evaluate.add_argument(
+        "--device",
+        type=option_type("device"),
+        metavar="DEVICE",
+        help="torch device (default: auto)",
+    )
     evaluate.set_defaults(run=evaluate_command)
     layers = commands.add_parser(
         "layers",

@@ -48,7 +48,8 @@ class Check:
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
     target, scope)`` computes the value; ``recipe`` is the mitigation command, formatted with
     ``model``, ``stem``, ``data``, ``attribute``, ``other`` and ``attributes`` (the scope's, space
-    separated) by ``command``.
+    separated) by ``command``. ``bounds`` is the range of the measured value: thresholds in the
+    config must lie inside it.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Check:
     targets: Callable[[Scope], list[Target]]
     measure: Callable[[Results, Target, Scope], Measurement]
     default: bool = True
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def passes(self, value: float, threshold: float) -> bool:
         """Whether ``value`` meets ``threshold`` in this check's direction (NaN never passes)."""
@@ -304,9 +306,9 @@ BUILTIN: tuple[Check, ...] = (
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),
     Check("leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features",
-          JLU_LEAKAGE, per_protected, leakage, default=False),
+          JLU_LEAKAGE, per_protected, leakage, default=False, bounds=(-1.0, 1.0)),
     Check("prediction_kl", "max", 0.1, "KL divergence between the groups' distributions of predicted probabilities",
-          JLU, per_group, prediction_kl, default=False),
+          JLU, per_group, prediction_kl, default=False, bounds=(0.0, math.inf)),
 )  # fmt: skip
 
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_biascheck import files
 from pytest_biascheck.errors import BiascheckError
+
+#: Inclusive ranges of the integer settings (the command-line options that set them share them).
+RANGES = {"batch_size": (1, 16384), "bootstrap": (1, 100_000), "seed": (0, 2**63 - 1)}
+DEVICE_HINT = "use auto, cpu, cuda or cuda:N"
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Settings:
     tolerance: float = 0.02
     cache: bool = True
     tolerances: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
     models: dict[str, ModelSettings] = field(default_factory=dict)
     source: str | None = None
 
@@ -85,11 +94,10 @@ def find_config(rootdir: Path) -> Path | None:
 
 
 def load_settings(path: Path | None) -> Settings:
-    """Parse and validate a config file (``None`` gives the defaults)."""
+    """Parse and validate a config file (``None`` gives the defaults); its ``limits`` take effect."""
     if path is None:
+        files.set_limits({})
         return Settings()
-    if not path.is_file():
-        raise BiascheckError(f"config file {path} does not exist; check --biascheck-config")
     doc = _read_toml(path)
     table = doc.get("tool", {}).get("biascheck", {}) if path.name == "pyproject.toml" else doc
     if path.name != "pyproject.toml" and "tool" in table and "biascheck" in table["tool"]:
@@ -98,12 +106,117 @@ def load_settings(path: Path | None) -> Settings:
         Settings, table, "tool.biascheck" if path.name == "pyproject.toml" else "", path
     )
     settings.source = str(path)
-    _check_shares(settings, path)
+    _check_values(settings, path)
+    files.set_limits(settings.limits, f"{path}: limits")
     return settings
 
 
-def _check_shares(settings: Settings, path: Path) -> None:
-    """``min_group_share`` must be a fraction of the images in [0, 1)."""
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` of ``device`` or of an integer setting of :data:`RANGES`; a ValueError gives
+    the allowed range or values."""
+    if name == "device":
+        return check_device(value)
+    low, high = RANGES[name]
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def check_device(name: str) -> str:
+    """``auto``, ``cpu``, or an accelerator this machine has (``cuda``, ``cuda:1``, ``mps``...);
+    a ValueError says what exists."""
+    if name in ("auto", "cpu"):
+        return name
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; {DEVICE_HINT}") from None
+    if device.type == "cpu":
+        return name
+    backend = getattr(torch, device.type, None)
+    if not callable(getattr(backend, "is_available", None)):
+        raise ValueError(f"device {name!r} cannot run a model; {DEVICE_HINT}")
+    if not backend.is_available():
+        raise ValueError(f"device {name!r}: this machine has no {device.type}; use auto or cpu")
+    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"device {name!r} does not exist: this machine has {count} {device.type} device(s), "
+            f"{device.type}:0 to {device.type}:{count - 1}"
+        )
+    return name
+
+
+def option_type(name: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a command-line option that sets ``name``: the checks and
+    messages of :func:`check_setting`."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = text if name == "device" else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        try:
+            return check_setting(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def check_folder(path: Path, where: str) -> None:
+    """Refuse an output folder that is a file, or lies below one, before anything is computed."""
+    if "\0" in str(path):
+        raise BiascheckError(f"{where}: {str(path)!r} contains a NUL byte; give a real folder")
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise BiascheckError(
+                f"{where}: {path} cannot be a folder because {part} is a file; point it elsewhere"
+            )
+
+
+def validate_thresholds(settings: Settings, checks: Mapping[str, Any]) -> None:
+    """Every threshold key and ``checks`` entry must name a check of ``checks`` (name -> Check),
+    errors point at the closest; a threshold must lie in its check's ``bounds``, a tolerance
+    within the width of that range."""
+    tables = [
+        ("thresholds", settings.thresholds),
+        ("checks", settings.checks),
+        ("tolerances", settings.tolerances),
+    ]
+    for stem, m in settings.models.items():
+        tables += [(f"models.{stem}.thresholds", m.thresholds), (f"models.{stem}.checks", m.checks)]
+    for where, table in tables:
+        for key in table:
+            if key not in checks:
+                raise BiascheckError(_unknown(key, where, checks, settings.source))
+            if isinstance(table, dict):
+                _check_bound(checks[key], _join(where, key), table[key], settings.source)
+
+
+def _check_bound(check: Any, where: str, value: float, source: str | None) -> None:
+    low, high = check.bounds
+    if where.startswith("tolerances"):
+        low, high = 0.0, high - low
+    if not low <= value <= high:
+        shown = f"[{low:g}, {high:g}]" if math.isfinite(high) else f"[{low:g}, inf)"
+        raise BiascheckError(
+            f"{source or 'settings'}: {where} must lie in {shown}, the range of {check.name}, "
+            f"got {value}"
+        )
+
+
+def _check_values(settings: Settings, path: Path) -> None:
+    """Ranges of values whose types are already checked: one line naming the key and the range."""
+    for name in (*RANGES, "device"):
+        try:
+            check_setting(name, getattr(settings, name))
+        except ValueError as exc:
+            raise BiascheckError(f"{path}: {exc}") from None
+    check_folder(path.parent / settings.report, f"{path}: report")
     shares = [("min_group_share", settings.min_group_share)] + [
         (f"models.{stem}.min_group_share", m.min_group_share)
         for stem, m in settings.models.items()
@@ -114,27 +227,22 @@ def _check_shares(settings: Settings, path: Path) -> None:
             raise BiascheckError(
                 f"{path}: {where} must be a fraction of the images in [0, 1) (0.01 = 1%), got {share}"
             )
-
-
-def validate_thresholds(settings: Settings, check_names: typing.Collection[str]) -> None:
-    """Every threshold key and ``checks`` entry must name a known check; errors point at the closest."""
-    tables = [
-        ("thresholds", settings.thresholds),
-        ("checks", settings.checks),
-        ("tolerances", settings.tolerances),
-    ]
+    numbers = [("tolerance", settings.tolerance)]
+    numbers += [(f"tolerances.{k}", v) for k, v in settings.tolerances.items()]
+    numbers += [(f"thresholds.{k}", v) for k, v in settings.thresholds.items()]
     for stem, m in settings.models.items():
-        tables += [(f"models.{stem}.thresholds", m.thresholds), (f"models.{stem}.checks", m.checks)]
-    for where, table in tables:
-        for key in table:
-            if key not in check_names:
-                raise BiascheckError(_unknown(key, where, check_names, settings.source))
+        numbers += [(f"models.{stem}.thresholds.{k}", v) for k, v in m.thresholds.items()]
+    for where, value in numbers:
+        tolerance = where.startswith("toleran")
+        if not math.isfinite(value) or (tolerance and value < 0):
+            expected = "a finite number >= 0" if tolerance else "a finite number"
+            raise BiascheckError(f"{path}: {where} must be {expected}, got {value}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    text = files.read_text(path, "config", "config file", "check --biascheck-config")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BiascheckError(f"config file {path} is not valid TOML: {exc}") from None
 

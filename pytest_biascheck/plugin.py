@@ -11,7 +11,14 @@ import pytest
 
 from pytest_biascheck import hookspecs
 from pytest_biascheck.baseline import read_baseline, write_baseline
-from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
+from pytest_biascheck.config import (
+    Settings,
+    check_folder,
+    find_config,
+    load_settings,
+    option_type,
+    validate_thresholds,
+)
 from pytest_biascheck.errors import BiascheckError
 
 STATE = pytest.StashKey["BiascheckState"]()
@@ -54,11 +61,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="always re-evaluate instead of reusing results cached in the report folder",
     )  # fmt: skip
     group.addoption(
-        "--biascheck-device", metavar="DEVICE", default=None,
+        "--biascheck-device", metavar="DEVICE", default=None, type=option_type("device"),
         help="torch device for the evaluation pass (default: cuda when available, else cpu)",
     )  # fmt: skip
     group.addoption(
-        "--biascheck-batch-size", metavar="N", type=int, default=None,
+        "--biascheck-batch-size", metavar="N", type=option_type("batch_size"), default=None,
         help="images per batch in the evaluation pass (results do not depend on it)",
     )  # fmt: skip
     group.addoption(
@@ -191,11 +198,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _start(config: pytest.Config, paths: list[str]) -> BiascheckState:
     """Read settings and load every model up front, so bad input stops the run before any test."""
+    from pytest_biascheck.files import check_file
+
     for path in paths:
-        if not Path(path).is_file():
-            raise BiascheckError(
-                f"model file {path} does not exist; check the path given to --biascheck"
-            )
+        check_file(path, "model", "model file", "check the path given to --biascheck")
     option = config.getoption("biascheck_config")
     settings = load_settings(Path(option) if option else find_config(config.rootpath))
     for key in ("data", "device", "batch_size"):
@@ -228,6 +234,7 @@ def _start(config: pytest.Config, paths: list[str]) -> BiascheckState:
     baseline = read_baseline(Path(baseline_path)) if baseline_path else {}
     option = config.getoption("biascheck_report")
     report_dir = Path(option) if option else config.rootpath / settings.report
+    check_folder(report_dir, "--biascheck-report" if option else "report")
     if config.getoption("biascheck_no_cache"):
         settings.cache = False
     results = config.getoption("biascheck_results")

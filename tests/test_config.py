@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_biascheck.checks import catalogue
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
 from pytest_biascheck.errors import BiascheckError
 
@@ -41,7 +42,7 @@ def test_pyproject_table_parses_to_typed_settings(tmp_path):
     assert model.attributes == ["Smiling"] and model.regions == {"Smiling": "mouth"}
     assert model.thresholds == {"accuracy": 0.7}
     assert settings.for_model("other").attributes == []
-    validate_thresholds(settings, {"accuracy"})
+    validate_thresholds(settings, catalogue())
 
 
 def test_biascheck_toml_wins_and_pyproject_without_table_is_ignored(tmp_path):
@@ -112,7 +113,7 @@ def test_unknown_threshold_names_closest_check(tmp_path):
     with pytest.raises(
         BiascheckError, match=r"unknown key 'models.m.thresholds.acuracy'; did you mean 'accuracy'"
     ):
-        validate_thresholds(settings, {"accuracy", "mask_score"})
+        validate_thresholds(settings, catalogue())
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

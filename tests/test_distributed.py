@@ -133,8 +133,8 @@ def test_help_lists_the_subcommands(capsys):
     assert "evaluate" in capsys.readouterr().out
 
 
-def test_bad_input_is_one_line_on_stderr_and_exit_code_2(tmp_path, capsys, config):
-    assert main(cli(tmp_path / "missing.pt", "synthfaces:n=4", tmp_path / "o.json", config)) == 2
+def test_bad_input_is_one_line_on_stderr_and_exit_code_4(tmp_path, capsys, config):
+    assert main(cli(tmp_path / "missing.pt", "synthfaces:n=4", tmp_path / "o.json", config)) == 4
     err = capsys.readouterr().err.strip()
     assert err.startswith("biascheck: error: ") and "missing.pt" in err and "\n" not in err
     assert not (tmp_path / "o.json").exists()

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from mitigations.recipe import Defaults, Recipe
+from pytest_biascheck.config import option_type
 from pytest_biascheck.errors import BiascheckError
 
 
@@ -99,7 +100,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Defaults) 
         help="mixed precision on CUDA (auto: bf16 where supported, else fp16)",
     )
     run = parser.add_argument_group("running")
-    run.add_argument("--device", help="cpu, cuda, cuda:1 ...; unset: CUDA when available")
+    run.add_argument(
+        "--device",
+        type=option_type("device"),
+        help="cpu, cuda, cuda:1 ...; unset: CUDA when available",
+    )
     run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     run.add_argument(
         "--checkpoint-every",
@@ -112,7 +117,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Defaults) 
         "--resume", action="store_true", help="continue from OUT.resume when it exists"
     )
     run.add_argument(
-        "--eval-batch-size", type=_positive, default=None, help="batch of the evaluation passes"
+        "--eval-batch-size",
+        type=option_type("batch_size"),
+        default=None,
+        help="batch of the evaluation passes",
     )
     run.add_argument(
         "--skip-checks", action="store_true", help="train and save only, no before/after report"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pytest_biascheck import files
 from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.errors import BiascheckError
 
@@ -96,11 +97,10 @@ class Annotations:
 
 def load(path: Path) -> Annotations:
     """Read an annotation file; a clear error for a file that is not one."""
+    data = files.read_bytes(path, "answers", "annotation file", ANNOTATE_HINT)
     try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BiascheckError(f"annotation file {path} does not exist; {ANNOTATE_HINT}") from None
-    except (OSError, ValueError) as exc:
+        raw = json.loads(data)
+    except ValueError as exc:  # not UTF-8, or not JSON
         raise BiascheckError(
             f"annotation file {path} cannot be read ({type(exc).__name__}); {ANNOTATE_HINT}"
         ) from None

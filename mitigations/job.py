@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from mitigations.compare import (
 )
 from mitigations.recipe import Job, Recipe, Setup, dataset_labels, label_columns
 from mitigations.train import TrainConfig, Trained, config_facts, fingerprint, train
-from pytest_biascheck import hookspecs
+from pytest_biascheck import files, hookspecs
 from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.checks import catalogue
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
@@ -210,7 +209,7 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
             )
         if world > 1:
             dist.barrier()
-        sha = hashlib.sha256(out.read_bytes()).hexdigest()
+        sha = files.sha256(out, "model", "new model file")
         new = LoadedModel(
             parent.module, parent.spec, out, sha, parent.arch, parent.arch_kwargs, provenance
         )

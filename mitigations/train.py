@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mitigations.recipe import Defaults, Setup
+from pytest_biascheck import files
 from pytest_biascheck.atomic import atomic_open
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
@@ -341,9 +342,10 @@ def _load_state(
     scaler: torch.amp.GradScaler,
 ) -> int:
     """Restore a state written by ``_save_state`` and return the step to continue from."""
+    files.check_file(path, "model", "resume file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # a damaged file makes torch.load raise many types
         raise BiascheckError(
             f"resume file {path} cannot be read ({type(exc).__name__}); delete it to start over"
         ) from None

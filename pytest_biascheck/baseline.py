@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pytest_biascheck import files
 from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.errors import BiascheckError
 
@@ -28,21 +29,21 @@ def write_baseline(path: Path, outcomes: list[dict[str, Any]]) -> None:
 
 def read_baseline(path: Path) -> dict[str, float]:
     """Load a baseline file; a clear error names the file and how to make one."""
+    remake = f"regenerate it with --biascheck-save-baseline {path}"
+    data = files.read_bytes(
+        path, "baseline", "baseline", f"create it with --biascheck-save-baseline {path}"
+    )
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BiascheckError(
-            f"baseline {path} does not exist; create it with --biascheck-save-baseline {path}"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise BiascheckError(
-            f"baseline {path} is not valid JSON ({exc}); regenerate it with --biascheck-save-baseline"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise BiascheckError(
-            f"baseline {path} is not a {SCHEMA} file; regenerate it with --biascheck-save-baseline"
-        )
-    return {str(k): float(v) for k, v in doc["values"].items()}
+        doc = json.loads(data)
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise BiascheckError(f"baseline {path} is not valid JSON ({exc}); {remake}") from None
+    values = doc.get("values") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(values, dict):
+        raise BiascheckError(f"baseline {path} is not a {SCHEMA} file; {remake}")
+    bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise BiascheckError(f"baseline {path}: the value of {bad[0]!r} is not a number; {remake}")
+    return {str(k): float(v) for k, v in values.items()}
 
 
 def compare(value: float, previous: float | None, direction: str, tolerance: float) -> str | None:

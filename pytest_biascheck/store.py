@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import pandas as pd
 import torch
 
 import pytest_biascheck
+from pytest_biascheck import files
 from pytest_biascheck.atomic import atomic_write_text
-from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.planning import Plan
 
@@ -49,17 +51,22 @@ def save_results(results: Results, path: str | Path) -> Path:
 def load_results(path: str | Path) -> Results:
     """Read a document written by :func:`save_results`; anything else is refused with one line."""
     path = Path(path)
+    data = files.read_bytes(path, "results", "results file", _REMAKE)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BiascheckError(f"results file {path} does not exist; {_REMAKE}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BiascheckError(f"results file {path} is not JSON ({exc}); {_REMAKE}") from None
+        return _parse(data)
+    except ValueError as exc:
+        raise BiascheckError(f"results file {path} {exc}; {_REMAKE}") from None
+
+
+def _parse(data: bytes) -> Results:
+    """Results from a document's bytes; a ValueError says what is wrong with them."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise ValueError(f"is not JSON ({exc})") from None
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema != SCHEMA:
-        raise BiascheckError(
-            f"results file {path} has schema {schema!r}, not {SCHEMA!r}; {_REMAKE} with this version"
-        )
+        raise ValueError(f"has schema {schema!r}, not {SCHEMA!r} (write it with this version)")
     try:
         return Results(
             model=doc["model"],
@@ -71,10 +78,8 @@ def load_results(path: str | Path) -> Results:
             maps={name: _from_tensor(m) for name, m in doc["maps"].items()},
             plan=Plan.from_dict(doc["plan"]) if doc.get("plan") else None,
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BiascheckError(
-            f"results file {path} is damaged ({type(exc).__name__}: {exc}); {_REMAKE}"
-        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ValueError(f"is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def cache_key(
@@ -103,18 +108,37 @@ def cache_key(
 def cached(path: str | Path, compute: Callable[[], Results]) -> Results:
     """Results stored at ``path``, or ``compute()`` them once and store them. Concurrent callers
     (pytest-xdist workers, several sessions) serialise on an exclusive lock on ``path + ".lock"``,
-    so exactly one computes and the others read its file."""
+    so exactly one computes and the others read its file. A damaged entry is discarded with a
+    one-line warning and computed again."""
     path = Path(path)
-    if path.exists():
-        return load_results(path)
+    results = _read_entry(path, warn=False)
+    if results is not None:
+        return results
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            return load_results(path)
-        results = compute()
-        save_results(results, path)
+        results = _read_entry(path, warn=True)
+        if results is None:
+            results = compute()
+            save_results(results, path)
         return results
+
+
+def _read_entry(path: Path, warn: bool) -> Results | None:
+    """The cache entry at ``path``; None when there is none or it is damaged (then, with
+    ``warn``, it is deleted with a warning: the caller holds the lock and computes it again)."""
+    if not path.exists():
+        return None
+    try:
+        return _parse(files.read_bytes(path, "results", "cache entry"))
+    except (ValueError, BiascheckError) as exc:
+        if warn:
+            path.unlink(missing_ok=True)
+            warnings.warn(
+                f"cache entry {path} {exc}; discarded it and evaluating again", BiascheckWarning,
+                stacklevel=3,
+            )  # fmt: skip
+        return None
 
 
 def _table(name: str, table: pd.DataFrame) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pandas.testing import assert_frame_equal
 import pytest_biascheck
 from pytest_biascheck.config import ModelSettings, Settings
 from pytest_biascheck.data import open_data
-from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.evaluate import Results, evaluate
 from pytest_biascheck.model import load_checkpoint
 from pytest_biascheck.planning import Plan, plan_for
@@ -217,3 +217,27 @@ def test_two_processes_racing_on_one_key_compute_once(tmp_path):
     again = cached(path, lambda: pytest.fail("the cached file should have been read"))
     assert_results_match(again, example_results())
     assert sorted(p.name for p in path.parent.iterdir()) == ["key.json", "key.json.lock"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "old-schema"])
+def test_a_damaged_cache_entry_is_discarded_with_one_warning_and_computed_again(tmp_path, damage):
+    path = tmp_path / "cache" / "key.json"
+    cached(path, example_results)
+    whole = path.read_bytes()
+    path.write_bytes(
+        {"truncate": whole[: len(whole) // 2], "garbage": b"\x00\xff" * 10,
+         "old-schema": b'{"schema": "biascheck-results/0"}'}[damage]
+    )  # fmt: skip
+    calls = []
+
+    def compute() -> Results:
+        calls.append(1)
+        return example_results()
+
+    with pytest.warns(BiascheckWarning) as caught:
+        assert_results_match(cached(path, compute), example_results())
+    assert len(calls) == 1 and len(caught) == 1
+    message = str(caught[0].message)
+    assert str(path) in message and "evaluating again" in message and "\n" not in message
+    assert path.read_bytes() == whole  # stored again, whole
+    assert_results_match(cached(path, lambda: pytest.fail("not read back")), example_results())

@@ -81,6 +81,8 @@ def open_data(
 ) -> BiasDataset:
     """Build the dataset a spec names; errors name the spec and the valid choices."""
     registry = {**BUILTIN, **(extra or {})}
+    if "\0" in spec:
+        raise BiascheckError(f"data spec {spec!r} contains a NUL byte; give the real path or name")
     scheme, path, params = parse_spec(spec)
     if scheme in REAL:
         return REAL[scheme](path, split=split, image_size=image_size)

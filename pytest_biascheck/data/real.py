@@ -2,16 +2,18 @@
 and group columns joined onto any dataset from a metadata CSV.
 
 Text files are parsed and checked in ``__init__`` (a bad line is reported with its file and line
-number); images and masks are read lazily, one item at a time, and resized to ``image_size``.
+number); images and masks are read lazily, one item at a time, and resized to ``image_size``. Every
+file is read through :mod:`pytest_biascheck.files`; image paths that leave the data folder, NUL
+bytes and images whose header declares more than ``limits.image_pixels`` are refused.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import io
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,6 +25,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from pytest_biascheck import files
 from pytest_biascheck.data.base import BiasDataset, Sample
 from pytest_biascheck.data.regions import PART_NAMES, REGION_NAMES, parts_to_regions
 from pytest_biascheck.data.synth_common import SPLITS
@@ -69,7 +72,7 @@ class _Listing:
 
     def field(self, row: int, column: int) -> str:
         """The raw text of value ``column`` on data row ``row`` (for error messages only)."""
-        with open(self.path, "rb") as fh:
+        with files.open_file(self.path, "table", "listing") as fh:
             for _ in range(self.first_line - 1 + int(row)):
                 fh.readline()
             return fh.readline().decode(errors="replace").split()[column + 1]
@@ -103,9 +106,7 @@ def _read_listing(path: Path, *, counted: bool, width: int | None = None, layout
 
     ``width`` is the number of values per line (for counted files: the names on line 2).
     """
-    if not path.is_file():
-        raise BiascheckError(f"{path} does not exist; {layout}")
-    raw = path.read_bytes()
+    raw = _read_table(path, layout)
     head = raw.split(b"\n", 2) if counted else []
     header: tuple[str, ...] = ()
     first_line = 1
@@ -208,15 +209,29 @@ def _split_rows(codes: np.ndarray, split: str | None) -> np.ndarray:
 # CSV files (Waterbirds, CsvFolder)
 
 
+def _read_table(path: Path, layout: str) -> bytes:
+    """The bytes of a listing or CSV file (through the front door); a NUL byte, which no text
+    file holds, is refused with its line."""
+    raw = files.read_bytes(path, "table", "listing", layout)
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise BiascheckError(f"{path} line {line}: a NUL byte; text files hold none, fix that line")
+    return raw
+
+
 def _read_csv(path: Path, layout: str) -> pd.DataFrame:
     """Every cell as stripped text; a line with more fields than the header is an error naming it.
 
     The header is read as a data row so that pandas never turns an over-long first row into an index.
     """
-    if not path.is_file():
-        raise BiascheckError(f"{path} does not exist; {layout}")
+    raw = _read_table(path, layout)
     try:
-        table = pd.read_csv(path, header=None, dtype=object, keep_default_na=False)
+        table = pd.read_csv(io.BytesIO(raw), header=None, dtype=object, keep_default_na=False)
+    except UnicodeDecodeError as err:
+        raise BiascheckError(
+            f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise BiascheckError(f"{path} is empty; {layout}") from None
     except pd.errors.ParserError as err:
@@ -287,19 +302,53 @@ def _image_size(image_size: ImageSize) -> tuple[int, int]:
 
 
 def _open(path: Path, listed_at: str) -> Image.Image:
-    """Open an image file; a missing or unreadable one is an error naming it and its listing line."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except FileNotFoundError:
-        raise BiascheckError(
-            f"{path} does not exist ({listed_at}); restore it or remove that line"
-        ) from None
-    except OSError as err:
-        raise BiascheckError(
-            f"{path} cannot be read ({listed_at}): {err}; replace the file"
-        ) from None
+    """Open and decode an image file. A missing or unreadable one, one whose header declares more
+    than ``limits.image_pixels`` (a decompression bomb: refused before decoding) and one that
+    does not decode are each one error naming the file and its listing line."""
+    where = f"{listed_at}: image"
+    with files.open_file(path, "image", where, "restore it or remove that line") as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(fh)
+                _check_pixels(path, where, image.width * image.height)
+                image.load()
+        except Image.DecompressionBombError as err:  # over Pillow's own, higher, limit
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            _check_pixels(path, where, int(found[1]) if found else files.limit("image_pixels") + 1)
+            raise
+        except BiascheckError:
+            raise
+        except Exception as err:  # decoders of untrusted bytes raise many types
+            raise BiascheckError(
+                f"{where} {path} cannot be decoded ({type(err).__name__}: {err}); replace the file"
+            ) from None
     return image
+
+
+def _check_pixels(path: Path, where: str, pixels: int) -> None:
+    cap = files.limit("image_pixels")
+    if pixels > cap:
+        raise BiascheckError(
+            f"{where} {path} declares {pixels} pixels, over the limit of {cap} (a decompression "
+            "bomb?); replace it, or raise [tool.biascheck] limits.image_pixels if it is genuine"
+        )
+
+
+def _check_names(names: np.ndarray, root: Path, listing: Path, lines: np.ndarray) -> None:
+    """Refuse image paths that could leave the data folder (absolute, or with a '..' part) or
+    that hold a NUL byte, naming the first such listing line."""
+    text = pd.Series(names, dtype=object).astype(str)
+    escapes = text.str.contains(r"(?:^|/)\.\.(?:/|$)") | text.str.startswith("/")
+    nul = text.str.contains("\0", regex=False)
+    bad = np.flatnonzero((escapes | nul).to_numpy())
+    if bad.size:
+        row = bad[0]
+        problem = "holds a NUL byte" if nul.iloc[row] else f"leaves the data folder {root}"
+        raise BiascheckError(
+            f"{listing} line {lines[row]}: image path {text.iloc[row]!r} {problem}; list paths "
+            "relative to that folder, without '..'"
+        )
 
 
 class _ImageTable(BiasDataset):
@@ -317,6 +366,7 @@ class _ImageTable(BiasDataset):
         landmarks: np.ndarray | None = None,
     ) -> None:
         self.image_size = _image_size(image_size)
+        _check_names(files, image_root, listing, lines)
         self._image_root = image_root
         self._files = files
         self._listing = listing
@@ -334,6 +384,18 @@ class _ImageTable(BiasDataset):
         """File of item ``index`` (joins per-image results back to the dataset's own metadata)."""
         return self._image_root / self._files[index]
 
+    def _inside_root(self, index: int) -> Path:
+        """The image's path once links are resolved, refused when it leads out of the data folder."""
+        path = self.image_path(index)
+        root = os.path.realpath(self._image_root)
+        target = os.path.realpath(path)
+        if os.path.commonpath([root, target]) != root:
+            raise BiascheckError(
+                f"{self.listed_at(index)}: image {path} is a link to {target}, outside the data "
+                f"folder {root}; copy the image into the folder"
+            )
+        return path
+
     def image_ids(self) -> np.ndarray:
         """Each image's path as the listing names it (e.g. ``000001.jpg``)."""
         return np.asarray(self._files, dtype=str)
@@ -344,7 +406,7 @@ class _ImageTable(BiasDataset):
 
     def __getitem__(self, index: int) -> Sample:
         index = range(len(self))[index]
-        image = _open(self.image_path(index), self.listed_at(index)).convert("RGB")
+        image = _open(self._inside_root(index), self.listed_at(index)).convert("RGB")
         pixels = TF.pil_to_tensor(image).float().div_(255)
         resized = TF.resize(
             pixels, list(self.image_size), InterpolationMode.BILINEAR, antialias=True
@@ -617,7 +679,7 @@ class MetadataGroups(BiasDataset):
             **{c: levels for c, (_, levels) in zip(columns, coded, strict=True)},
         }
         self._groups = torch.from_numpy(np.stack([codes for codes, _ in coded], 1)[rows])
-        self.sha256 = hashlib.sha256(path.read_bytes() + id_column.encode()).hexdigest()
+        self.sha256 = files.sha256(path, "table", "metadata CSV", id_column.encode())
 
     @staticmethod
     def _rows(ids: pd.Index, images: np.ndarray, path: Path, id_column: str) -> np.ndarray:
@@ -656,7 +718,11 @@ def open_dataset(path: str | os.PathLike, **kwargs) -> BiasDataset:
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         kwargs.setdefault("image_root", path.parent)
-        header = pd.read_csv(path, nrows=0).columns.str.strip()
+        try:
+            with files.open_file(path, "table", "CSV file") as fh:
+                header = pd.read_csv(fh, nrows=0).columns.str.strip()
+        except ValueError:  # not CSV text: CsvFolder names the problem
+            header = pd.Index([])
         if kwargs.get("split_column", "split") not in header:
             kwargs["split"] = None
         return CsvFolder(path, **kwargs)

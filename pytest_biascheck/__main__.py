@@ -42,11 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> tuple[Settings, LoadedModel]:
     """Settings (``--config`` or the nearest config file) and the model loaded as the plugin does."""
     from pytest_biascheck import hookspecs
-    from pytest_biascheck.config import find_config, load_settings
+    from pytest_biascheck.checks import catalogue
+    from pytest_biascheck.config import find_config, load_settings, validate_thresholds
     from pytest_biascheck.model import load_checkpoint
 
     settings = load_settings(Path(args.config) if args.config else find_config(Path.cwd()))
     hook = hookspecs.plugin_manager().hook
+    validate_thresholds(settings, catalogue(hook))
     model = load_checkpoint(
         args.model,
         trust_pickle=args.trust_pickle,

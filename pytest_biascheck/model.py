@@ -236,9 +236,10 @@ def load_checkpoint(
     if "code" in _zip_members(path):
         if not outputs_only:
             raise BiascheckError(
-                f"model file {path} is TorchScript, whose layers cannot be hooked: biascheck could "
-                "read its outputs but not the class-activation maps its evaluation takes; check "
-                "the original model saved with pytest_biascheck.save_checkpoint()"
+                f"model file {path} is a TorchScript archive (it has a code/ folder), whose "
+                "layers cannot be hooked: biascheck could read its outputs but not the "
+                "class-activation maps its evaluation takes; check the original model saved with "
+                "pytest_biascheck.save_checkpoint()"
             )
         module, task = _load_torchscript(path)
         arch, arch_kwargs, provenance = "torchscript", {}, {}

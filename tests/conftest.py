@@ -37,6 +37,12 @@ def make_tiny(path: Path, seed: int = 0) -> Path:
     return save_checkpoint(model, spec, path, "biascheck.small_resnet", {"widths": [8, 8, 8, 8]})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Without pytest-timeout (the test extras have it) the timeout marks are only registered."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        config.addinivalue_line("markers", "timeout(seconds): fail a test that runs longer")
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a module: on a shared two-core machine tiny batches run several

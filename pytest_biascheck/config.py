@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
+import stat
 import tomllib
 import types
 import typing
@@ -168,11 +170,18 @@ def option_type(name: str) -> Callable[[str], Any]:
 
 
 def check_folder(path: Path, where: str) -> None:
-    """Refuse an output folder that is a file, or lies below one, before anything is computed."""
+    """Refuse an output folder that is a file, lies below one, or cannot be looked up, before
+    anything is computed."""
     if "\0" in str(path):
         raise BiascheckError(f"{where}: {str(path)!r} contains a NUL byte; give a real folder")
     for part in (path, *path.parents):
-        if part.exists() and not part.is_dir():
+        try:
+            mode = os.stat(part).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise BiascheckError(f"{where}: {path} cannot be used ({exc.strerror})") from None
+        if not stat.S_ISDIR(mode):
             raise BiascheckError(
                 f"{where}: {path} cannot be a folder because {part} is a file; point it elsewhere"
             )

@@ -242,30 +242,53 @@ def load_checkpoint(
                 "pytest_biascheck.save_checkpoint()"
             )
         module, task = _load_torchscript(path)
-        arch, arch_kwargs, provenance = "torchscript", {}, {}
+        spec = _make_spec(path, {**task, **dict(spec_overrides or {})})
+        loaded = LoadedModel(module, spec, path, "", "torchscript")
     else:
         payload = _unpickle(path, trust_pickle)
         if isinstance(payload, nn.Module):
-            module, task, arch, arch_kwargs, provenance = payload, {}, "pickled", {}, {}
+            spec = _make_spec(path, dict(spec_overrides or {}))
+            loaded = LoadedModel(payload, spec, path, "", "pickled")
         else:
-            payload = check_payload(path, payload)
-            arch, arch_kwargs = payload["arch"], payload["arch_kwargs"]
-            task, provenance = payload["task"], payload["provenance"]
-            module = None
-    spec = _make_spec(path, {**task, **dict(spec_overrides or {})})
-    if module is None:
+            loaded = model_from_payload(path, payload, architectures, allow_imports, spec_overrides)
+    loaded = ready(loaded)
+    loaded.sha256 = files.sha256(path, "model", "model file")
+    return loaded
+
+
+def ready(loaded: LoadedModel) -> LoadedModel:
+    """The model in eval mode once a dry forward pass gives one output per attribute and its
+    target layer exists (the automatic one when the spec names none)."""
+    loaded.module.eval()
+    _check_outputs(loaded.path, loaded.module, loaded.spec)
+    _check_target_layer(loaded.path, loaded.module, loaded.spec)
+    loaded.spec = _with_target_layer(loaded.path, loaded.module, loaded.spec)
+    return loaded
+
+
+def model_from_payload(
+    path: Path,
+    payload: Any,
+    architectures: Mapping[str, Factory] | None = None,
+    allow_imports: Iterable[str] = (),
+    spec_overrides: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """The model a checkpoint's dict describes (without its file digest), validated before any
+    weight is allocated: entries (:func:`check_payload`), the task, then the weights against a
+    meta-device blueprint of the architecture (:func:`check_weights`)."""
+    payload = check_payload(path, payload)
+    arch, arch_kwargs = payload["arch"], payload["arch_kwargs"]
+    spec = _make_spec(path, {**payload["task"], **dict(spec_overrides or {})})
+    try:
         factory = resolve_architecture(arch, architectures, allow_imports)
-        with torch.random.fork_rng(devices=[]):  # the blueprint leaves the RNG as it was
-            blueprint = _build(path, factory, spec, arch, arch_kwargs, "meta")
-        check_weights(path, blueprint.state_dict(), payload["state_dict"], arch)
-        module = _build(path, factory, spec, arch, arch_kwargs, "cpu")
-        module.load_state_dict(payload["state_dict"])
-    module.eval()
-    _check_outputs(path, module, spec)
-    _check_target_layer(path, module, spec)
-    spec = _with_target_layer(path, module, spec)
-    digest = files.sha256(path, "model", "model file")
-    return LoadedModel(module, spec, path, digest, arch, arch_kwargs, provenance)
+    except BiascheckError as exc:
+        raise BiascheckError(f"model {path}: {exc}") from None
+    with torch.random.fork_rng(devices=[]):  # the blueprint leaves the RNG as it was
+        blueprint = _build(path, factory, spec, arch, arch_kwargs, "meta")
+    check_weights(path, blueprint.state_dict(), payload["state_dict"], arch)
+    module = _build(path, factory, spec, arch, arch_kwargs, "cpu")
+    module.load_state_dict(payload["state_dict"])
+    return LoadedModel(module, spec, path, "", arch, arch_kwargs, payload["provenance"])
 
 
 def _zip_members(path: Path) -> set[str]:

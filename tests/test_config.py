@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pytest_biascheck import files
 from pytest_biascheck.checks import catalogue
-from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
+from pytest_biascheck.config import (
+    RANGES,
+    ModelSettings,
+    Settings,
+    check_device,
+    find_config,
+    load_settings,
+    validate_thresholds,
+)
 from pytest_biascheck.errors import BiascheckError
+from tests.conftest import FUZZ_RUNS
 
 VALID = """
 [tool.other]
@@ -136,3 +151,102 @@ def test_multiclass_label_metadata_and_group_share_per_model(tmp_path):
     assert settings.metadata_for("hair") == (Path("/data/skin.csv"), "file")
     assert settings.metadata_for("other") == (tmp_path / "conf" / "meta" / "all.csv", "image_id")
     assert Settings().metadata_for("any") is None and Settings().min_share("any") == 0.01
+
+
+KEYS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+MODEL_KEYS = [f.name for f in dataclasses.fields(ModelSettings)]
+SCALARS = (
+    st.integers(-(2**63), 2**63 - 1)
+    | st.sampled_from([0, 1, -1, 64, 16384, 16385, 100_000, 100_001])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+    | st.sampled_from(["auto", "cpu", "cuda", "cuda:7", "bogus", "afile", "accuracy", "1 GiB"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["accuracy", "leakage", "model", "x", "Smiling"]), inner, max_size=3
+        )
+    ),
+    max_leaves=6,
+)
+
+
+def toml(value) -> str:
+    """A TOML literal for a generated value (inline tables and arrays, basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml, value)) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {toml(v)}" for k, v in value.items()) + "}"
+
+
+DOCUMENTS = st.dictionaries(
+    st.sampled_from(KEYS) | st.text(max_size=5), VALUES, max_size=6
+) | st.fixed_dictionaries(
+    {
+        "models": st.dictionaries(
+            st.sampled_from(["m", "tiny"]),
+            st.dictionaries(st.sampled_from(MODEL_KEYS), VALUES, max_size=4),
+            max_size=2,
+        )
+    }
+)
+
+
+def assert_valid(settings: Settings) -> None:
+    """What every accepted config guarantees downstream."""
+    for name, (low, high) in RANGES.items():
+        value = getattr(settings, name)
+        assert type(value) is int and low <= value <= high
+    assert check_device(settings.device) == settings.device
+    for table in (
+        settings.thresholds,
+        settings.tolerances,
+        *(m.thresholds for m in settings.models.values()),
+    ):
+        assert all(type(v) is float and math.isfinite(v) for v in table.values())
+    assert all(0 <= settings.min_share(s) < 1 for s in (*settings.models, "other"))
+    assert all(v > 0 for v in files._limits.values())
+
+
+@pytest.mark.parametrize("examples", FUZZ_RUNS)
+def test_config_reader_fuzz(tmp_path, examples):
+    """Any document: settings that keep every promise above, or one BiascheckError line that
+    names the file; the thresholds then fit their checks or are refused the same way."""
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path / "biascheck.toml"
+    checks = catalogue()
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(
+        st.one_of(
+            DOCUMENTS.map(
+                lambda d: "\n".join(f"{json.dumps(k)} = {toml(v)}" for k, v in d.items())
+            ),
+            st.text(max_size=80),
+        )
+    )
+    def run(text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+        try:
+            loaded = load_settings(path)
+            assert_valid(loaded)
+            validate_thresholds(loaded, checks)
+        except BiascheckError as exc:
+            message = str(exc)
+            assert "\n" not in message and str(path) in message, message
+
+    try:
+        run()
+    finally:
+        files.set_limits({})

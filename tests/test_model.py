@@ -8,16 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pytest_biascheck import files
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import (
     ModelSpec,
     load_checkpoint,
+    model_from_payload,
+    ready,
     register_architecture,
     save_checkpoint,
     save_torchscript,
 )
 from pytest_biascheck.nets import SmallResNet
+from tests.conftest import FUZZ_RUNS
 
 SPEC = ModelSpec(attributes=("a", "b", "c"), input_size=(3, 32, 32), target_layer="layer4")
 
@@ -258,3 +264,83 @@ def test_spec_validation_messages():
     with pytest.raises(ValueError, match="head must be one of"):
         ModelSpec(attributes=("a",), head="softmax")
     assert ModelSpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.sampled_from([0, 1, -1, 3, 8, 2**16, 2**20, 2**40])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SIDES = st.sampled_from([0, 1, 7, 32, 100_000])
+TASK_EDITS = st.dictionaries(
+    st.sampled_from(["attributes", "input_size", "mean", "std", "target_layer", "head", "other"]),
+    JSONISH
+    | st.tuples(st.sampled_from([0, 1, 3, 4, 65, 2**20]), SIDES, SIDES).map(list)
+    | st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=3, max_size=3)
+    | st.sampled_from(
+        [["Smiling", "Male", "Young"], ["a", "a", "b"], "layer4", "fc", "multiclass"]
+    ),
+    max_size=3,
+)
+WEIGHTS = st.sampled_from(
+    [
+        lambda t: torch.zeros(1).expand(2**40),
+        lambda t: torch.zeros(1).expand(t.shape) if t.dim() else t,
+        lambda t: t.new_full(t.shape, float("nan")) if t.is_floating_point() else t,
+        lambda t: t.new_full(t.shape, float("-inf")) if t.is_floating_point() else t,
+        lambda t: t.t() if t.dim() == 2 else t,
+        lambda t: t.flatten(),
+        lambda t: t.long(),
+        lambda t: [1, 2],
+        lambda t: torch.zeros(*t.shape, 2)[..., 0],
+    ]
+)
+
+
+@pytest.mark.parametrize("examples", FUZZ_RUNS)
+def test_checkpoint_validator_fuzz(tiny_checkpoint, examples, one_thread):
+    """Any tampering with a checkpoint's dict (task, arch_kwargs, weights' shapes, strides,
+    values and types, entries): a model whose dry run gives one output per attribute, or one
+    BiascheckError line; never an allocation the file does not justify, never another error."""
+    base = torch.load(tiny_checkpoint, weights_only=True)
+    names = sorted(base["state_dict"])
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(
+        task=TASK_EDITS,
+        kwargs=st.none() | st.just({"widths": [8, 8, 8, 8]}) | JSONISH,
+        weights=st.dictionaries(st.sampled_from([*names, "extra.weight"]), WEIGHTS, max_size=3),
+        dropped=st.lists(st.sampled_from(names), max_size=2),
+        top=st.dictionaries(
+            st.sampled_from(["format", "arch", "provenance", "task"]), JSONISH, max_size=1
+        ),
+    )
+    def run(task, kwargs, weights, dropped, top) -> None:
+        state = dict(base["state_dict"])
+        for name, change in weights.items():
+            state[name] = change(state.get(name, torch.zeros(2)))
+        for name in dropped:
+            state.pop(name, None)
+        payload = {**base, "task": {**base["task"], **task}, "state_dict": state, **top}
+        if kwargs is not None:
+            payload["arch_kwargs"] = kwargs
+        try:
+            loaded = ready(model_from_payload(tiny_checkpoint, payload))
+        except BiascheckError as exc:
+            assert "\n" not in str(exc) and str(tiny_checkpoint) in str(exc), str(exc)
+            return
+        with torch.no_grad():
+            out = loaded.module(torch.zeros(1, *loaded.spec.input_size))
+        assert out.shape == (1, len(loaded.spec.attributes))
+
+    files.set_limits({"input_pixels": 64 * 64})  # allowed inputs stay quick to run
+    try:
+        run()
+    finally:
+        files.set_limits({})

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import default_collate
 
@@ -20,6 +22,7 @@ from pytest_biascheck.data.real import (
 )
 from pytest_biascheck.data.regions import PART_NAMES, REGION_NAMES
 from pytest_biascheck.errors import BiascheckError
+from tests.conftest import FUZZ_RUNS
 
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255))
 ATTRS = ("Male", "Smiling", "Young", "Eyeglasses")
@@ -515,3 +518,120 @@ def test_metadata_errors_name_the_file_and_the_fix(tmp_path, text, kwargs, expec
     with pytest.raises(BiascheckError, match=expected) as error:
         MetadataGroups(data, tmp_path / "skin.csv", **kwargs)
     assert "\n" not in str(error.value)
+
+
+CELLS = st.sampled_from(
+    [
+        "0",
+        "1",
+        "-1",
+        "true",
+        "FALSE",
+        "",
+        " 1 ",
+        "2",
+        "a.png",
+        "sub/b.png",
+        "../c.png",
+        "/abs.png",
+        "x\x00.png",
+        '"q,uote"',
+        "train",
+        "test",
+        "0.5",
+        "nan",
+    ]
+) | st.text(max_size=6)
+COLUMNS = st.sampled_from(["image", "Smiling", "Male", "split", "race", "image_id", ""]) | st.text(
+    max_size=4
+)
+
+
+def csv_text(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(",".join(line) for line in [header, *rows]) + "\n"
+
+
+CSV_FILES = st.one_of(
+    st.builds(
+        csv_text,
+        st.lists(COLUMNS, min_size=1, max_size=5),
+        st.lists(st.lists(CELLS, min_size=0, max_size=6), max_size=6),
+    ).map(str.encode),
+    st.binary(max_size=60),
+)
+
+
+def assert_one_line(error: BiascheckError, path: Path) -> None:
+    message = str(error)
+    assert "\n" not in message and path.name in message, message
+
+
+@pytest.mark.parametrize("examples", FUZZ_RUNS)
+def test_csv_reader_fuzz(tmp_path, examples):
+    """Any CSV bytes and options: a dataset whose labels are 0/1 and whose image paths stay in
+    the folder, or one BiascheckError line naming the file."""
+    path = tmp_path / "labels.csv"
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(
+        CSV_FILES,
+        st.lists(st.sampled_from(["race", "Male", "split"]), max_size=2, unique=True),
+        st.sampled_from([None, "test", "train"]),
+    )
+    def run(data: bytes, groups: list[str], split: str | None) -> None:
+        path.write_bytes(data)
+        try:
+            dataset = CsvFolder(path, tmp_path, group_columns=groups, split=split)
+        except BiascheckError as exc:
+            assert_one_line(exc, path)
+            return
+        labels = dataset._labels
+        assert labels.shape == (len(dataset), len(dataset.attributes))
+        assert set(labels.unique().tolist()) <= {0.0, 1.0}
+        for name in dataset.image_ids():
+            assert "\0" not in name and not name.startswith("/")
+            assert ".." not in Path(name).parts
+
+    run()
+
+
+@pytest.mark.parametrize("examples", FUZZ_RUNS)
+def test_metadata_reader_fuzz(tmp_path, examples):
+    """Any metadata CSV joined onto a three-image dataset: group codes inside each column's
+    levels for every image, or one BiascheckError line naming the file."""
+    write_csv(tmp_path)
+    base = CsvFolder(tmp_path / "labels.csv", tmp_path, attributes=["Smiling"])
+    path = tmp_path / "meta.csv"
+    ids = st.sampled_from([*base.image_ids(), "0", "x.png", ""]) | CELLS
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(
+        st.one_of(
+            st.builds(
+                csv_text,
+                st.lists(
+                    st.sampled_from(["image_id", "skin", "age"]) | COLUMNS, min_size=1, max_size=4
+                ),
+                st.lists(st.lists(ids, min_size=1, max_size=4), max_size=5),
+            ).map(str.encode),
+            st.binary(max_size=40),
+        ),
+    )
+    def run(data: bytes) -> None:
+        path.write_bytes(data)
+        try:
+            joined = MetadataGroups(base, path)
+        except BiascheckError as exc:
+            assert_one_line(exc, path)
+            return
+        groups = joined._groups
+        assert groups.shape == (len(base), len(joined.group_names) - len(base.group_names))
+        for column, name in enumerate(joined.group_names[len(base.group_names) :]):
+            assert (
+                0
+                <= int(groups[:, column].min())
+                <= int(groups[:, column].max())
+                < len(joined.group_levels[name])
+            )
+
+    run()

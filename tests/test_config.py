@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from pytest_biascheck.config import (
     check_device,
     find_config,
     load_settings,
+    option_type,
     validate_thresholds,
 )
 from pytest_biascheck.errors import BiascheckError
@@ -109,6 +112,27 @@ def test_biascheck_toml_wins_and_pyproject_without_table_is_ignored(tmp_path):
             "[tool.biascheck.models.m]\nmin_group_share = -0.1\n",
             "models.m.min_group_share must be a fraction of the images in [0, 1)",
         ),
+        (
+            "[tool.biascheck]\nbatch_size = 0\n",
+            "batch_size must be an integer in [1, 16384], got 0",
+        ),
+        (
+            "[tool.biascheck]\nbootstrap = -5\n",
+            "bootstrap must be an integer in [1, 100000], got -5",
+        ),
+        ("[tool.biascheck]\nseed = -1\n", "seed must be an integer in [0, 9223372036854775807]"),
+        ("[tool.biascheck]\ndevice = 'gpu'\n", "device 'gpu' is not a torch device; use auto, cpu"),
+        ("[tool.biascheck]\ndevice = 'meta'\n", "device 'meta' cannot run a model"),
+        (
+            "[tool.biascheck]\ntolerance = -0.1\n",
+            "tolerance must be a finite number >= 0, got -0.1",
+        ),
+        ("[tool.biascheck.thresholds]\naccuracy = nan\n", "thresholds.accuracy must be a finite"),
+        (
+            "[tool.biascheck]\nlimits = { model = '1 parsec' }\n",
+            "limits.model must be a positive size",
+        ),
+        ("[tool.biascheck]\nreport = 'pyproject.toml/out'\n", "pyproject.toml is a file"),
     ],
 )
 def test_bad_config_names_key_file_and_fix(tmp_path, text, expected):
@@ -250,3 +274,54 @@ def test_config_reader_fuzz(tmp_path, examples):
         run()
     finally:
         files.set_limits({})
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "expected"),
+    [
+        (
+            "accuracy = 1.5",
+            "thresholds.accuracy must lie in [0, 1], the range of accuracy, got 1.5",
+        ),
+        ("leakage = -1.5", "thresholds.leakage must lie in [-1, 1]"),
+        ("prediction_kl = -0.1", "thresholds.prediction_kl must lie in [0, inf)"),
+        ("mask_score = -0.01", "must lie in [0, 1], the range of mask_score"),
+    ],
+)
+def test_thresholds_must_lie_in_their_checks_range(tmp_path, thresholds, expected):
+    path = tmp_path / "biascheck.toml"
+    path.write_text(f"[thresholds]\n{thresholds}\n")
+    with pytest.raises(BiascheckError) as caught:
+        validate_thresholds(load_settings(path), catalogue())
+    assert expected in str(caught.value) and str(path) in str(caught.value)
+    path.write_text("[thresholds]\nleakage = -0.5\nprediction_kl = 3.0\naccuracy = 1\n")
+    validate_thresholds(load_settings(path), catalogue())  # inside their ranges
+
+
+def test_command_line_options_share_the_checks():
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--batch-size", type=option_type("batch_size"))
+    parser.add_argument("--device", type=option_type("device"))
+    assert parser.parse_args(["--batch-size", "16", "--device", "cpu"]).batch_size == 16
+    for argv, expected in (
+        (["--batch-size", "0"], "batch_size must be an integer in [1, 16384], got 0"),
+        (["--batch-size", "x"], "batch_size must be an integer, got 'x'"),
+        (["--device", "bogus"], "device 'bogus' is not a torch device"),
+    ):
+        with pytest.raises(argparse.ArgumentError, match=re.escape(expected)):
+            parser.parse_args(argv)
+
+
+def test_a_missing_cuda_device_is_one_line(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1"
+    with pytest.raises(
+        ValueError, match=r"'cuda:7' does not exist: this machine has 2 cuda device"
+    ):
+        check_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="this machine has no cuda; use auto or cpu"):
+        check_device("cuda")

@@ -18,10 +18,10 @@ from pytest_biascheck.model import ModelSpec, save_checkpoint
 from pytest_biascheck.nets import SmallResNet
 
 TINY_ATTRIBUTES = ("Smiling", "Male", "Young")
-#: Examples per fuzzer: a default run, and ten times more under ``-m slow``.
+#: Examples per fuzzer: a default run, and five times more under ``-m slow``.
 FUZZ_RUNS = [
     pytest.param(2000, id="2000-examples"),
-    pytest.param(20000, id="20000-examples", marks=pytest.mark.slow),
+    pytest.param(10000, id="10000-examples", marks=pytest.mark.slow),
 ]
 #: Debian Chromium, headless, with nothing that phones home.
 CHROMIUM_ARGS = (

@@ -302,8 +302,9 @@ def _model_of(item: pytest.Item) -> Any:
 
     if isinstance(item, CheckItem):
         return item.model
-    if "biascheck_results" in getattr(item, "fixturenames", ()):
-        return item.callspec.params.get("biascheck_model")
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "biascheck_results" in getattr(item, "fixturenames", ()):
+        return callspec.params.get("biascheck_model")
     return None
 
 

@@ -344,5 +344,5 @@ def test_bad_data_under_xdist_is_a_usage_error(
         f"--biascheck={models[0]}", truncated_image_data, "-p", "xdist", "-n", "2"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["*2.png cannot be read (data/list.csv line 4)*"])
+    result.stdout.fnmatch_lines(["*data/list.csv line 4: image data/2.png cannot be decoded*"])
     assert "failed" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()

@@ -137,8 +137,9 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
     )
     if model.arch in ("torchscript", "pickled"):
         raise BiascheckError(
-            f"model {model_path} is a {model.arch} file; recipes need a checkpoint saved with "
-            "pytest_biascheck.model.save_checkpoint() so the new weights can be saved the same way"
+            f"model {model_path} is a {model.arch} file; recipes need a checkpoint, so the new "
+            f"weights can be saved the same way: python -m pytest_biascheck convert {model_path} "
+            "--arch ARCH --out model.pt"
         )
     datasets = hookspecs.merged(hook.pytest_biascheck_datasets())
     train_spec = args.data or settings.for_model(model.name).data or settings.data
@@ -205,8 +206,9 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
         }
         if rank == 0:
             save_checkpoint(
-                parent.module, parent.spec, out, parent.arch, parent.arch_kwargs, provenance
-            )
+                parent.module, parent.spec, out, parent.arch, parent.arch_kwargs, provenance,
+                hookspecs.merged(inputs.hook.pytest_biascheck_architectures()),
+            )  # fmt: skip
         if world > 1:
             dist.barrier()
         sha = files.sha256(out, "model", "new model file")

@@ -1,14 +1,17 @@
 """``python -m pytest_biascheck evaluate``: one evaluation pass written to a results JSON, planned as
 the plugin plans it; under torchrun every process takes a shard and rank 0 writes the file.
-``python -m pytest_biascheck layers MODEL``: the layers a model's maps can be taken at."""
+``python -m pytest_biascheck layers MODEL``: the layers a model's maps can be taken at.
+``python -m pytest_biascheck convert [SOURCE] --out FILE --arch ARCH --attributes A,B``: any
+PyTorch classifier -> a checkpoint."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_biascheck.config import option_type
 from pytest_biascheck.errors import BiascheckError
@@ -128,11 +131,76 @@ def layers_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_command(args: argparse.Namespace) -> int:
+    """Convert a model into a checkpoint and say how to gate it."""
+    from pytest_biascheck import hookspecs
+    from pytest_biascheck.convert import convert
+
+    hook = hookspecs.plugin_manager().hook
+    model = convert(
+        args.source,
+        args.out,
+        arch=args.arch,
+        attributes=args.attributes,
+        arch_kwargs=args.arch_kwargs,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        target_layer=args.target_layer,
+        head=args.head,
+        weights=args.weights,
+        trust_pickle=args.trust_pickle,
+        architectures=hookspecs.merged(hook.pytest_biascheck_architectures()),
+        seed=args.seed,
+    )
+    spec = model.spec
+    print(
+        f"wrote {args.out}: {model.arch}, {spec.head} head with {len(spec.attributes)} outputs "
+        f"({', '.join(spec.attributes)}), input {list(spec.input_size)}, mean {list(spec.mean)}, "
+        f"std {list(spec.std)}, target layer {spec.target_layer}"
+    )
+    if ":" in model.arch:
+        print(
+            f'the gate loads it once the config allows the import: allow_imports = ["{model.arch}"]'
+        )
+    print(f"gate it: pytest --biascheck {args.out} --biascheck-data SPEC (see docs/data.md)")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _numbers(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _json_table(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object such as {{"image_size": 64}}, got {text!r}'
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m pytest_biascheck",
-        description="biascheck outside pytest: evaluate a model once and save the results, or "
-        "list the layers its maps can be taken at.",
+        description="biascheck outside pytest: evaluate a model once and save the results, "
+        "list the layers its maps can be taken at, or convert a model into a checkpoint.",
     )
     commands = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     evaluate = commands.add_parser(
@@ -169,6 +237,56 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("model", metavar="MODEL", help="model checkpoint")
     _add_loading(layers)
     layers.set_defaults(run=layers_command)
+    convert = commands.add_parser(
+        "convert",
+        help="any PyTorch classifier -> a biascheck checkpoint (.pt or .safetensors)",
+        description="Write a biascheck/1 checkpoint from a state_dict file (also a training "
+        "checkpoint holding one), a safetensors file, a biascheck checkpoint, a TorchScript file, "
+        "a trusted whole-model pickle, or no file (the architecture with --weights). The weights "
+        "must fit --arch and one dry forward pass must give one output per attribute before "
+        "anything is written. Input size and normalisation default to the architecture's preset.",
+    )
+    convert.add_argument(
+        "source", nargs="?", metavar="SOURCE", help="weights file (omit: build --arch afresh)"
+    )
+    convert.add_argument(
+        "--out", required=True, metavar="FILE", help="checkpoint to write (.pt or .safetensors)"
+    )
+    convert.add_argument(
+        "--arch",
+        metavar="ARCH",
+        help="torchvision.<name>, timm.<name>, biascheck.small_resnet, a plugin's, or module:factory",
+    )
+    convert.add_argument(
+        "--attributes", type=_names, metavar="A,B", help="output names, one per output, in order"
+    )
+    convert.add_argument(
+        "--arch-kwargs",
+        type=_json_table,
+        metavar="JSON",
+        help='factory arguments, e.g. {"image_size": 64}',
+    )
+    convert.add_argument("--input-size", type=_numbers(int), metavar="C,H,W")
+    convert.add_argument("--mean", type=_numbers(float), metavar="M1,M2,M3")
+    convert.add_argument("--std", type=_numbers(float), metavar="S1,S2,S3")
+    convert.add_argument(
+        "--target-layer", metavar="NAME", help="layer for the maps (default: chosen automatically)"
+    )
+    convert.add_argument("--head", choices=("multilabel", "multiclass"))
+    convert.add_argument(
+        "--weights",
+        default="random",
+        metavar="NAME",
+        help="without SOURCE: random (default), or pretrained weights to download "
+        "(torchvision: DEFAULT, IMAGENET1K_V1...; timm: pretrained)",
+    )
+    convert.add_argument(
+        "--trust-pickle", action="store_true", help="allow a whole pickled model (it can run code)"
+    )
+    convert.add_argument(
+        "--seed", type=option_type("seed"), default=0, help="seed of random weights"
+    )
+    convert.set_defaults(run=convert_command)
     return parser
 
 

@@ -1,8 +1,13 @@
 """One pass of a model over evaluation data -> Results: every map, prediction and accumulator the
-checks and the report need, computed batch by batch with fixed-size state (plus one row per image)."""
+checks and the report need, computed batch by batch with fixed-size state (plus one row per image).
+
+Called, this module is the public ``pytest_biascheck.evaluate(model, data, ...)`` (``api.evaluate``).
+"""
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -464,3 +469,16 @@ def _cat(sums: dict, key: str, value: torch.Tensor) -> None:
 
 def _append(columns: dict[str, list[np.ndarray]], key: str, values: torch.Tensor) -> None:
     columns.setdefault(key, []).append(values.detach().cpu().numpy())
+
+
+class _CallableModule(types.ModuleType):
+    """``pytest_biascheck.evaluate`` is this module once it is imported (a package attribute
+    cannot be both a module and a function), so calling it runs the public API."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Results:
+        from pytest_biascheck.api import evaluate as public
+
+        return public(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -45,6 +45,17 @@ def pytest_biascheck_recipes() -> dict[str, Callable[..., Any]]:
 
 
 @hookspec
+def pytest_biascheck_models(config: Any) -> dict[str, tuple[Any, Any]]:
+    """Return ``{name: (module, spec)}``: models built in Python (an ``nn.Module`` and its
+    ``ModelSpec`` or task dict) that ``pytest`` gates like ``--biascheck`` files, in every run.
+
+    Called once, when pytest configures (implement it in the root ``conftest.py`` or a plugin,
+    as ``pytest_addoption``); each model is validated as a file is (``model.live_model``).
+    ``config`` is the ``pytest.Config``; return an empty dict to gate nothing in a run.
+    """
+
+
+@hookspec
 def pytest_biascheck_report(report: dict[str, Any]) -> None:
     """Modify the report (the JSON document, also the HTML template's context) in place before writing."""
 

@@ -6,15 +6,19 @@ so opening one never runs code. Pickled ``nn.Module`` files load only with an ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import hashlib
 import importlib
 import json
 import math
 import pickle
+import re
+import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from pytest_biascheck.layers import candidate_layers, choose_target_layer
 from pytest_biascheck.nets import small_resnet, small_vit
 
 FORMAT = "biascheck/1"
+#: ``LoadedModel.arch`` of a model handed over in Python: ``live:<module>.<class>``.
+LIVE = "live:"
 HEADS = ("multilabel", "multiclass")
 TORCHSCRIPT_SPEC = "biascheck.json"
 #: Most input channels a task may declare.
@@ -126,6 +132,11 @@ class LoadedModel:
         """Short name used in item ids and reports (the file stem)."""
         return self.path.stem
 
+    @property
+    def live(self) -> bool:
+        """Whether the model was handed over in Python (:func:`live_model`), not read from a file."""
+        return self.arch.startswith(LIVE)
+
 
 def register_architecture(name: str, factory: Factory) -> None:
     """Make ``name`` loadable: ``factory(num_outputs, **arch_kwargs)`` must return an ``nn.Module``."""
@@ -143,16 +154,22 @@ def architecture_names() -> list[str]:
 def resolve_architecture(
     arch: str, extra: Mapping[str, Factory] | None = None, allow_imports: Iterable[str] = ()
 ) -> Factory:
-    """Find the factory for ``arch``: plugin/registry names, torchvision models, or an allowed import path."""
+    """Find the factory for ``arch``: plugin/registry names, torchvision models
+    (``torchvision.<name>``), timm models (``timm.<name>``, with ``biascheck[timm]``), or an
+    allowed import path ``module:factory`` (imported from the current folder too, as ``python -m``
+    does)."""
     registry = {**_ARCHITECTURES, **(extra or {})}
     if arch in registry:
         return registry[arch]
+    if arch.startswith("timm."):
+        return _timm_factory(arch)
     import torchvision
 
     tv_name = arch.removeprefix("torchvision.")
     if tv_name in torchvision.models.list_models(module=torchvision.models):
 
         def build_torchvision(num_outputs: int, **kwargs: Any) -> nn.Module:
+            kwargs = _without_num_classes(arch, num_outputs, kwargs)
             return torchvision.models.get_model(
                 tv_name, weights=None, num_classes=num_outputs, **kwargs
             )
@@ -166,16 +183,69 @@ def resolve_architecture(
             )
         module_name, _, attr = arch.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            with _importable_from(Path.cwd()):
+                return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise BiascheckError(f"cannot import architecture {arch!r}: {exc}") from None
+            raise BiascheckError(
+                f"cannot import architecture {arch!r} ({exc}); run from the folder that holds "
+                f"{module_name.split('.')[0]}, or install it"
+            ) from None
     close = difflib.get_close_matches(arch, architecture_names() + list(registry), n=3)
     hint = (
         f"; did you mean {', '.join(close)}?"
         if close
-        else "; register it with the biascheck_architectures hook"
+        else "; use torchvision.<name>, timm.<name>, module:factory, or register it with the "
+        "pytest_biascheck_architectures hook"
     )
     raise BiascheckError(f"unknown architecture {arch!r}{hint}")
+
+
+def _timm_factory(arch: str) -> Factory:
+    """The factory of timm model ``timm.<name>`` (random weights: nothing is downloaded)."""
+    try:
+        import timm
+    except ImportError:
+        raise BiascheckError(
+            f"architecture {arch!r} needs timm; install it with pip install 'biascheck[timm]'"
+        ) from None
+    name = arch.removeprefix("timm.")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(f'timm.{c}' for c in close)}?" if close else ""
+        raise BiascheckError(f"timm has no model {name!r}; {hint or 'see timm.list_models()'}")
+
+    def build_timm(num_outputs: int, **kwargs: Any) -> nn.Module:
+        kwargs = _without_num_classes(arch, num_outputs, kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=num_outputs, **kwargs)
+
+    return build_timm
+
+
+def _without_num_classes(arch: str, num_outputs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` less a ``num_classes`` that repeats the number of attributes (biascheck sets it);
+    one that contradicts it is an error."""
+    if "num_classes" not in kwargs:
+        return kwargs
+    if kwargs["num_classes"] != num_outputs:
+        raise BiascheckError(
+            f"arch_kwargs num_classes={kwargs['num_classes']} of {arch!r} contradicts the task's "
+            f"{num_outputs} attributes; leave num_classes out (it is set from the attributes)"
+        )
+    return {k: v for k, v in kwargs.items() if k != "num_classes"}
+
+
+@contextlib.contextmanager
+def _importable_from(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while inside (unless it is there already)."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(entry)
 
 
 def save_checkpoint(
@@ -185,8 +255,15 @@ def save_checkpoint(
     arch: str,
     arch_kwargs: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    architectures: Mapping[str, Factory] | None = None,
 ) -> Path:
-    """Write ``module`` in the ``biascheck/1`` format, atomically (temp file + rename)."""
+    """Write ``module`` in the ``biascheck/1`` format, atomically (temp file + rename): a
+    ``torch.save`` file, or a safetensors file when ``path`` ends in ``.safetensors``.
+
+    Nothing is written unless the weights fit ``arch`` built with ``arch_kwargs`` for the spec's
+    attributes (names and shapes, the check every load makes); ``architectures`` are plugin
+    architectures, and an import path ``arch`` is the caller's own code, so it is allowed.
+    """
     path = Path(path)
     state_dict = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     payload = {
@@ -197,6 +274,15 @@ def save_checkpoint(
         "task": spec.to_dict(),
         "provenance": json.loads(json.dumps(dict(provenance or {}))),
     }
+    check_payload(path, payload)
+    factory = resolve_architecture(arch, architectures, allow_imports=[arch])
+    with torch.random.fork_rng(devices=[]):
+        blueprint = _build(path, factory, spec, arch, payload["arch_kwargs"], "meta")
+    check_weights(path, blueprint.state_dict(), state_dict, arch)
+    if path.suffix == ".safetensors":
+        from pytest_biascheck.safetensors_io import save_checkpoint_file
+
+        return save_checkpoint_file(payload, path)
     with atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
     return path
@@ -232,14 +318,20 @@ def load_checkpoint(
     ``target_layer`` gets the automatic one (``layers`` module docstring). Every refusal is a
     ``BiascheckError`` with one line naming the file and what to do instead.
     """
+    from pytest_biascheck.safetensors_io import is_safetensors, read_checkpoint
+
     path = Path(path)
-    if "code" in _zip_members(path):
+    if is_safetensors(path):
+        payload = read_checkpoint(path)
+        loaded = model_from_payload(path, payload, architectures, allow_imports, spec_overrides)
+    elif "code" in _zip_members(path):
         if not outputs_only:
             raise BiascheckError(
                 f"model file {path} is a TorchScript archive (it has a code/ folder), whose "
                 "layers cannot be hooked: biascheck could read its outputs but not the "
-                "class-activation maps its evaluation takes; check the original model saved with "
-                "pytest_biascheck.save_checkpoint()"
+                "class-activation maps its evaluation takes; convert it into a checkpoint of the "
+                f"architecture it was scripted from: python -m pytest_biascheck convert {path} "
+                "--arch ARCH --out model.pt"
             )
         module, task = _load_torchscript(path)
         spec = _make_spec(path, {**task, **dict(spec_overrides or {})})
@@ -254,6 +346,38 @@ def load_checkpoint(
     loaded = ready(loaded)
     loaded.sha256 = files.sha256(path, "model", "model file")
     return loaded
+
+
+def live_model(module: nn.Module, spec: ModelSpec | Mapping[str, Any], name: str) -> LoadedModel:
+    """A model built in Python (a conftest, a notebook), checked as a file's is: the task, finite
+    weights, one output per attribute, the target layer (the automatic one when the spec names
+    none). Its ``sha256`` digests the weights and the task."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise BiascheckError(
+            f"model name {name!r} must be letters, digits, '_', '.' or '-' (it names test items)"
+        )
+    path = Path(name)
+    if not isinstance(module, nn.Module):
+        raise BiascheckError(f"model {name} is a {type(module).__name__}, not a torch nn.Module")
+    if not isinstance(spec, ModelSpec):
+        try:
+            spec = ModelSpec.from_dict(spec if isinstance(spec, Mapping) else {})
+        except (TypeError, ValueError) as exc:
+            raise BiascheckError(
+                f"model {name}: its task is not a ModelSpec or a dict of one ({_first_line(exc)})"
+            ) from None
+    state = module.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v.detach())]
+    if bad:
+        raise BiascheckError(f"model {name} has NaN/Inf weights in {_first(bad)}")
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{key} {value.dtype} {list(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy())
+    kind = type(module)
+    arch = f"{LIVE}{kind.__module__}.{kind.__qualname__}"
+    return ready(LoadedModel(module, spec, path, digest.hexdigest(), arch))
 
 
 def ready(loaded: LoadedModel) -> LoadedModel:
@@ -365,8 +489,8 @@ def check_payload(path: Path, payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict) or "format" not in payload:
         kind = "a bare state_dict" if isinstance(payload, dict) else f"a {type(payload).__name__}"
         raise BiascheckError(
-            f"model file {path} is {kind}, not a biascheck checkpoint; "
-            "save it with pytest_biascheck.save_checkpoint(model, spec, path, arch)"
+            f"model file {path} is {kind}, not a biascheck checkpoint; convert it: python -m "
+            f"pytest_biascheck convert {path} --arch ARCH --attributes A,B --out model.pt"
         )
     if payload["format"] != FORMAT:
         raise BiascheckError(
@@ -506,6 +630,8 @@ def _build(
     try:
         with torch.device(device):
             return factory(len(spec.attributes), **kwargs)
+    except BiascheckError as exc:
+        raise BiascheckError(f"{path}: {exc}") from None
     except Exception as exc:  # the factory is code of its own: any error means bad kwargs
         raise BiascheckError(
             f"{path}: arch_kwargs {kwargs} do not fit {arch!r}: {_first_line(exc)}"
@@ -520,8 +646,10 @@ def _first_line(exc: BaseException) -> str:
 def _make_spec(path: Path, task: Mapping[str, Any]) -> ModelSpec:
     if "attributes" not in task:
         raise BiascheckError(
-            f"model {path} does not say what it predicts; set attributes under "
-            f"[tool.biascheck.models.{path.stem}] or re-save it with save_checkpoint()"
+            f"model {path} does not say what it predicts; set task = {{ attributes = [...] }} "
+            f"under [tool.biascheck.models.{path.stem}] (one name per output), or convert it once: "
+            f"python -m pytest_biascheck convert {path} --trust-pickle --arch ARCH --attributes "
+            "A,B --out model.pt"
         )
     try:
         return ModelSpec.from_dict(task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_biascheck import files
+from pytest_biascheck.config import load_settings
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import (
     ModelSpec,
@@ -122,10 +124,19 @@ def test_trusted_pickled_module_loads_with_spec_from_config(tmp_path):
     torch.save(model, path)
     with pytest.raises(BiascheckError, match="--biascheck-trust-pickle"):
         load_checkpoint(path)
-    with pytest.raises(
-        BiascheckError, match=r"set attributes under \[tool.biascheck.models.module\]"
-    ):
+    with pytest.raises(BiascheckError) as refused:
         load_checkpoint(path, trust_pickle=True)
+    # the message's own fix, written into a config file as a user would, makes the file load
+    fix = re.search(
+        r"set (task = .*?) under \[(tool\.biascheck\.models\.module)\]", str(refused.value)
+    )
+    table = fix[1].replace("[...]", '["a", "b", "c"]')
+    (tmp_path / "pyproject.toml").write_text(f"[{fix[2]}]\n{table}\n")
+    settings = load_settings(tmp_path / "pyproject.toml")
+    loaded = load_checkpoint(
+        path, trust_pickle=True, spec_overrides=settings.for_model("module").task
+    )
+    assert loaded.spec.attributes == ("a", "b", "c")
     loaded = load_checkpoint(path, trust_pickle=True, spec_overrides=SPEC.to_dict())
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -240,7 +251,13 @@ def test_unknown_target_layer_lists_close_names(tmp_path, tiny_checkpoint):
 def test_plugin_architectures_and_allowed_imports_load(tmp_path):
     torch.manual_seed(0)
     model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
-    path = save_checkpoint(model, SPEC, tmp_path / "p.pt", "myplugin.net", {"widths": [8, 8, 8, 8]})
+    with pytest.raises(BiascheckError, match="unknown architecture 'myplugin.net'"):
+        save_checkpoint(model, SPEC, tmp_path / "p.pt", "myplugin.net", {"widths": [8, 8, 8, 8]})
+    assert not (tmp_path / "p.pt").exists()
+    plugin = {"myplugin.net": SmallResNet}
+    path = save_checkpoint(
+        model, SPEC, tmp_path / "p.pt", "myplugin.net", {"widths": [8, 8, 8, 8]}, None, plugin
+    )
     loaded = load_checkpoint(path, architectures={"myplugin.net": SmallResNet})
     assert loaded.arch == "myplugin.net"
     path = save_checkpoint(

@@ -251,7 +251,7 @@ def test_unknown_target_layer_lists_close_names(tmp_path, tiny_checkpoint):
 def test_plugin_architectures_and_allowed_imports_load(tmp_path):
     torch.manual_seed(0)
     model = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
-    with pytest.raises(BiascheckError, match="unknown architecture 'myplugin.net'"):
+    with pytest.raises(BiascheckError, match=r"unknown architecture 'myplugin\.net'"):
         save_checkpoint(model, SPEC, tmp_path / "p.pt", "myplugin.net", {"widths": [8, 8, 8, 8]})
     assert not (tmp_path / "p.pt").exists()
     plugin = {"myplugin.net": SmallResNet}

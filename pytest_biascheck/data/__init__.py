@@ -1,12 +1,15 @@
 """Datasets behind one schema, and ``open_data()``: a ``--biascheck-data`` spec -> a dataset.
 
 A spec is ``scheme[:key=value,...]`` for a synthetic or plugin dataset (``synthfaces:n=2000,seed=1``),
-``scheme:PATH`` for a real layout (``celeba:/data/celeba``), or a bare path whose layout is detected.
+``scheme:PATH[,key=value,...]`` for a real layout (``celeba:/data/celeba``,
+``csv:labels.csv,groups=skin_tone+age_band,split=test``), or a bare path whose layout is detected.
+``docs/data.md`` describes every layout.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ def _real(kind: str) -> DatasetFactory:
             "celeba": real.CelebA,
             "celebamask": real.CelebAMaskHQ,
             "waterbirds": real.Waterbirds,
+            "csv": real.csv_folder,
         }[kind]
         return loader(path, split=split, image_size=image_size, **params)
 
@@ -54,14 +58,20 @@ BUILTIN: dict[str, DatasetFactory] = {
     "synthfaces": _synthfaces,
     "synthbirds": _synthbirds,
 }
-REAL: dict[str, DatasetFactory] = {k: _real(k) for k in ("celeba", "celebamask", "waterbirds")}
+REAL: dict[str, DatasetFactory] = {
+    k: _real(k) for k in ("celeba", "celebamask", "waterbirds", "csv")
+}
+#: ``split=all`` in a spec: every image, nothing held out.
+ALL = "all"
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     """Split a spec into (scheme, path or None, params); values are int, float, bool or str."""
     scheme, _, rest = spec.partition(":")
-    if scheme in REAL:
-        return scheme, rest, {}
+    path = None
+    if scheme in REAL:  # PATH, then key=value items (a comma starts one only before "key=")
+        path, *items = re.split(r",(?=\s*\w+\s*=)", rest)
+        rest = ",".join(items)
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -70,7 +80,7 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
                 f"data spec {spec!r}: {item!r} is not key=value (e.g. synthfaces:n=2000)"
             )
         params[key.strip()] = _value(value.strip())
-    return scheme, None, params
+    return scheme, path, params
 
 
 def open_data(
@@ -85,7 +95,13 @@ def open_data(
         raise BiascheckError(f"data spec {spec!r} contains a NUL byte; give the real path or name")
     scheme, path, params = parse_spec(spec)
     if scheme in REAL:
-        return REAL[scheme](path, split=split, image_size=image_size)
+        split = params.pop("split", split)  # the spec's own split wins
+        try:
+            return REAL[scheme](
+                path, split=None if split == ALL else split, image_size=image_size, **params
+            )
+        except TypeError as exc:
+            raise BiascheckError(f"data spec {spec!r}: {exc}") from None
     if scheme in registry:
         params = {"split": split, "image_size": image_size, **params}
         try:

@@ -48,8 +48,15 @@ WATERBIRDS_COLUMNS = ("img_filename", "y", "split", "place")
 #: CelebAMask-HQ part masks are 512x512 and stored 2000 images to a folder.
 MASK_SIZE = (512, 512)
 MASKS_PER_FOLDER = 2000
-#: The Attention-IoU paper's random train/val split fractions for CelebAMask-HQ (the rest is test).
+#: The Attention-IoU paper's random train/val split fractions for CelebAMask-HQ (the rest is test),
+#: used when the root lacks the mapping file below.
 HQ_SPLIT_FRACTIONS = (0.7, 0.15)
+#: CelebAMask-HQ's map from its image numbers to CelebA file names (columns idx, orig_idx,
+#: orig_file): with it an HQ image takes its CelebA image's official partition.
+HQ_MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
+#: Last file number of CelebA's official train and val partitions (list_eval_partition.txt:
+#: 000001-162770 train, 162771-182637 val, 182638-202599 test).
+CELEBA_PARTITION_ENDS = (162770, 182637)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +208,7 @@ def _split_rows(codes: np.ndarray, split: str | None) -> np.ndarray:
     if split is None:
         return np.arange(len(codes))
     if split not in SPLITS:
-        raise BiascheckError(f"split={split!r}: choose one of {', '.join(SPLITS)}, or None for all")
+        raise BiascheckError(f"split={split!r}: choose one of {', '.join(SPLITS)}, or all")
     return np.flatnonzero(codes == SPLITS.index(split))
 
 
@@ -260,8 +267,8 @@ def _csv_column(frame: pd.DataFrame, name: str, path: Path, fix: str) -> pd.Seri
     return frame[name]
 
 
-def _csv_binary(column: pd.Series, path: Path) -> np.ndarray:
-    """0/1, -1/1 or true/false text -> bool; an error names the first bad line."""
+def _csv_binary(column: pd.Series, path: Path, hint: str = "") -> np.ndarray:
+    """0/1, -1/1 or true/false text -> bool; an error names the first bad line (and ``hint``)."""
     text = column.str.lower()
     number = pd.to_numeric(text, errors="coerce").fillna(text.map({"true": 1.0, "false": 0.0}))
     bad = np.flatnonzero(~number.isin((-1.0, 0.0, 1.0)).to_numpy())
@@ -270,7 +277,7 @@ def _csv_binary(column: pd.Series, path: Path) -> np.ndarray:
     if bad.size:
         raise BiascheckError(
             f"{path} line {bad[0] + 2}: {column.name} is {column.iloc[bad[0]]!r}; expected one binary "
-            "coding for the whole column: 0/1, -1/1 or true/false"
+            f"coding for the whole column: 0/1, -1/1 or true/false{hint}"
         )
     return (number == 1).to_numpy()
 
@@ -353,6 +360,19 @@ def _check_names(names: np.ndarray, root: Path, listing: Path, lines: np.ndarray
 
 class _ImageTable(BiasDataset):
     """Shared item loading: image files named by a table, with per-row labels, groups and landmarks."""
+
+    #: Which images were taken and why (printed in the run header), and whether they are a
+    #: held-out split (False: every image of the source, so a recipe would train on them too).
+    split_rule: str = ""
+    held_out: bool = True
+
+    def notes(self) -> list[str]:
+        """What the run should say about this data: its split rule."""
+        return [self.split_rule] if self.split_rule else []
+
+    def image_files(self) -> list[str]:
+        """Every image's resolved path (recipes refuse to train on the images they evaluate)."""
+        return [os.path.realpath(self.image_path(i)) for i in range(len(self))]
 
     def __init__(
         self,
@@ -451,6 +471,9 @@ class CelebA(_ImageTable):
         if not (root / CELEBA_FILES[0]).is_dir():
             raise BiascheckError(f"{root / CELEBA_FILES[0]} is not a folder; {layout}")
         keep = _split_rows(partition.values[_align(attrs, partition), 0], split)
+        self.split_rule, self.held_out = _rule(
+            split, len(keep), len(attrs.names), f"CelebA's official partition ({CELEBA_FILES[2]})"
+        )
         columns = _select_columns(attrs.header, attributes, f"{attrs.path} line 2")
         self.attributes = tuple(attrs.header[c] for c in columns)
         super().__init__(
@@ -467,7 +490,10 @@ class CelebA(_ImageTable):
 class CelebAMaskHQ(_ImageTable):
     """CelebAMask-HQ: 1024x1024 images, 40 attributes, per-part 512x512 masks grouped into regions.
 
-    The split is the Attention-IoU paper's: a seeded random 70/15/15 permutation of the listed images
+    Split: with ``CelebA-HQ-to-CelebA-mapping.txt`` in the root (CelebAMask-HQ ships it), each image
+    takes the official CelebA partition of the CelebA image it was made from, so a model trained
+    on CelebA's train partition is evaluated on images it never saw. Without it, the
+    Attention-IoU paper's split: a seeded random 70/15/15 permutation of the listed images
     (``numpy.random.RandomState(split_seed).permutation``, as the authors' code draws it).
     """
 
@@ -495,11 +521,20 @@ class CelebAMaskHQ(_ImageTable):
                 f"{attrs.where(row)}: image name {str(attrs.names[row])!r} is not <number>.jpg"
             )
         n = len(attrs.names)
-        order = np.random.RandomState(split_seed).permutation(n)
-        ends = (int(n * HQ_SPLIT_FRACTIONS[0]), int(n * sum(HQ_SPLIT_FRACTIONS)))
-        codes = np.empty(n, dtype=np.int64)
-        codes[order] = np.searchsorted(ends, np.arange(n), side="right")
+        if (root / HQ_MAPPING).is_file():
+            codes = _celeba_partition(root / HQ_MAPPING, attrs)
+            how = f"CelebA's official partition of the source images ({HQ_MAPPING})"
+        else:
+            order = np.random.RandomState(split_seed).permutation(n)
+            ends = (int(n * HQ_SPLIT_FRACTIONS[0]), int(n * sum(HQ_SPLIT_FRACTIONS)))
+            codes = np.empty(n, dtype=np.int64)
+            codes[order] = np.searchsorted(ends, np.arange(n), side="right")
+            how = (
+                f"a random 70/15/15 split (seed {split_seed}), not CelebA's partition: add "
+                f"{HQ_MAPPING} to the root to use it"
+            )
         keep = _split_rows(codes, split)
+        self.split_rule, self.held_out = _rule(split, len(keep), n, how)
         columns = _select_columns(attrs.header, attributes, f"{attrs.path} line 2")
         self.attributes = tuple(attrs.header[c] for c in columns)
         self._mask_root = root / CELEBAMASK_HQ_FILES[2]
@@ -527,7 +562,8 @@ class CelebAMaskHQ(_ImageTable):
             if mask.size != MASK_SIZE:
                 raise BiascheckError(
                     f"{path} is {mask.width}x{mask.height}; CelebAMask-HQ part masks are "
-                    f"{MASK_SIZE[0]}x{MASK_SIZE[1]}, replace it with the original file"
+                    f"{MASK_SIZE[0]}x{MASK_SIZE[1]} whatever the image size, replace it with "
+                    "the original file (docs/data.md)"
                 )
             label[np.asarray(mask.convert("L")) > 127] = part
             found = True
@@ -572,6 +608,9 @@ class Waterbirds(_ImageTable):
                 "(train, val, test)"
             )
         keep = _split_rows(codes.to_numpy(), split)
+        self.split_rule, self.held_out = _rule(
+            split, len(keep), len(frame), f"the split column of {path.name}"
+        )
         self.group_levels: dict[str, tuple] = {"place": (0, 1)}
         super().__init__(
             root,
@@ -610,9 +649,12 @@ class CsvFolder(_ImageTable):
             raise BiascheckError(
                 f"{path} line 1: no attribute columns; add at least one 0/1 column"
             )
-        fix = "pass attributes=/group_columns= with the CSV's column names"
+        fix = "name the CSV's columns: csv:PATH,attributes=A+B,groups=G"
+        hint = (
+            f"; if it is a group column (any number of values), name it: csv:{path},groups=<name>"
+        )
         labels = np.stack(
-            [_csv_binary(_csv_column(frame, a, path, fix), path) for a in attributes], 1
+            [_csv_binary(_csv_column(frame, a, path, fix), path, hint) for a in attributes], 1
         )
         coded = [_csv_codes(_csv_column(frame, g, path, fix), path) for g in group_columns]
         self.group_levels: dict[str, tuple] = {
@@ -620,7 +662,7 @@ class CsvFolder(_ImageTable):
         }
         keep = np.arange(len(frame))
         if split is not None:
-            values = _csv_column(frame, split_column, path, "pass split_column= or split=None")
+            values = _csv_column(frame, split_column, path, "add a split column or use split=all")
             accepted = {split, str(SPLITS.index(split))} if split in SPLITS else {split}
             keep = np.flatnonzero(values.isin(accepted).to_numpy())
             if keep.size == 0:
@@ -628,6 +670,12 @@ class CsvFolder(_ImageTable):
                     f"{path}: no row has {split_column}={split!r}; the column holds "
                     f"{', '.join(sorted(values.unique())[:10])}"
                 )
+        how = (
+            f"the {split_column} column of {path.name}"
+            if split is not None
+            else f"{path.name} has no {split_column} column"
+        )
+        self.split_rule, self.held_out = _rule(split, len(keep), len(frame), how)
         self.attributes = attributes
         self.group_names = group_columns
         groups = np.stack([codes for codes, _ in coded], 1)[keep] if coded else None
@@ -702,6 +750,20 @@ class MetadataGroups(BiasDataset):
         """The ids of the wrapped data."""
         return self.base.image_ids()
 
+    def notes(self) -> list[str]:
+        """What the wrapped data reports about itself."""
+        return self.base.notes()
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the wrapped data is a held-out split."""
+        return getattr(self.base, "held_out", True)
+
+    def image_files(self) -> list[str] | None:
+        """The wrapped data's image files (None for data without files)."""
+        files_of = getattr(self.base, "image_files", None)
+        return files_of() if files_of else None
+
     def __getitem__(self, index: int) -> Sample:
         sample = self.base[index]
         own = self._groups[range(len(self))[index]]
@@ -709,23 +771,96 @@ class MetadataGroups(BiasDataset):
         return sample
 
 
+def csv_folder(
+    path: str | os.PathLike,
+    split: str | None = "test",
+    image_size: ImageSize = 64,
+    groups: str | Sequence[str] = (),
+    attributes: str | Sequence[str] | None = None,
+    image: str = "image",
+    root: str | os.PathLike | None = None,
+    split_column: str = "split",
+    image_root: str | os.PathLike | None = None,
+) -> CsvFolder:
+    """The ``csv:PATH[,groups=A+B,attributes=C+D,image=COLUMN,root=DIR,split=test]`` data spec:
+    image paths relative to ``root`` (default: the CSV's folder), ``groups`` read as group columns
+    with any number of values, the rest (or ``attributes``) as 0/1 labels. A CSV without a split
+    column is used whole, whatever ``split`` asks for; its split rule says nothing is held out."""
+    path = Path(path)
+    try:
+        with files.open_file(path, "table", "CSV file", "give the CSV of image paths") as fh:
+            header = pd.read_csv(fh, nrows=0).columns.str.strip()
+    except ValueError:  # not CSV text: CsvFolder names the problem
+        header = pd.Index([])
+    if split_column not in header:
+        split = None
+    return CsvFolder(
+        path,
+        Path(root or image_root or path.parent),
+        image_size,
+        attributes=_names(attributes) if attributes is not None else None,
+        group_columns=_names(groups),
+        split=split,
+        image_column=image,
+        split_column=split_column,
+    )
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"a+b"`` (a data spec's list) or a sequence -> names."""
+    return (
+        tuple(v.strip() for v in value.split("+") if v.strip())
+        if isinstance(value, str)
+        else tuple(value)
+    )
+
+
+def _rule(split: str | None, kept: int, total: int, how: str) -> tuple[str, bool]:
+    """(split rule text, held out) for ``kept`` of ``total`` images chosen by ``how``."""
+    if split is None:
+        return f"all {kept} images, nothing held out ({how})", False
+    return f"{split} split: {kept} of {total} images ({how})", True
+
+
+def _celeba_partition(path: Path, attrs: _Listing) -> np.ndarray:
+    """Partition code (0/1/2) of every listed HQ image: its CelebA source's official partition,
+    read from the mapping file (row ``idx`` = HQ image number, ``orig_file`` its CelebA file)."""
+    table = pd.read_csv(
+        io.BytesIO(_read_table(path, f"{path.name} lists idx orig_idx orig_file")),
+        sep=r"\s+", dtype=str, keep_default_na=False,
+    )  # fmt: skip
+    missing = [c for c in ("idx", "orig_file") if c not in table.columns]
+    numbers = pd.to_numeric(
+        table.get("orig_file", pd.Series(dtype=str)).str.removesuffix(".jpg"), errors="coerce"
+    )
+    index = pd.to_numeric(table.get("idx", pd.Series(dtype=str)), errors="coerce")
+    bad = np.flatnonzero((numbers.isna() | index.isna()).to_numpy())
+    if missing or bad.size:
+        where = "line 1" if missing else f"line {bad[0] + 2}"
+        raise BiascheckError(
+            f"{path} {where}: expected the columns idx orig_idx orig_file (e.g. 0 119613 "
+            "119614.jpg); restore the file from CelebAMask-HQ"
+        )
+    source = pd.Series(numbers.to_numpy(), index=index.astype(np.int64).to_numpy())
+    images = pd.Series(attrs.names).str[:-4].astype(np.int64)
+    rows = source.index.get_indexer(images)
+    if (rows < 0).any():
+        row = int(np.argmax(rows < 0))
+        raise BiascheckError(
+            f"{attrs.where(row)}: image {attrs.names[row]} has no row in {path}; restore the "
+            "mapping file from CelebAMask-HQ"
+        )
+    return np.searchsorted(CELEBA_PARTITION_ENDS, source.to_numpy()[rows], side="left")
+
+
 def open_dataset(path: str | os.PathLike, **kwargs) -> BiasDataset:
     """The loader for a folder in CelebA, CelebAMask-HQ or Waterbirds layout, or for a CSV file.
 
-    A CSV's image paths are relative to its folder unless ``image_root`` is given; a CSV without a
-    split column is used whole, whatever ``split`` asks for.
+    A CSV is read by :func:`csv_folder`.
     """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
-        kwargs.setdefault("image_root", path.parent)
-        try:
-            with files.open_file(path, "table", "CSV file") as fh:
-                header = pd.read_csv(fh, nrows=0).columns.str.strip()
-        except ValueError:  # not CSV text: CsvFolder names the problem
-            header = pd.Index([])
-        if kwargs.get("split_column", "split") not in header:
-            kwargs["split"] = None
-        return CsvFolder(path, **kwargs)
+        return csv_folder(path, **kwargs)
     for marker, loader in (
         (CELEBA_FILES[1], CelebA),
         (CELEBAMASK_HQ_FILES[1], CelebAMaskHQ),

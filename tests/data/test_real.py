@@ -635,3 +635,80 @@ def test_metadata_reader_fuzz(tmp_path, examples):
             )
 
     run()
+
+
+# --- split rules, CelebA partitions for CelebAMask-HQ, CSV data specs ----------------------------
+
+
+def test_hq_takes_celeba_official_partition_through_the_mapping_file(tmp_path):
+    """Rows of CelebA-HQ-to-CelebA-mapping.txt (idx orig_idx orig_file): HQ images 0..5 from CelebA
+    files in each partition, at both ends of each range (000001-162770 train, 162771-182637 val,
+    182638-202599 test)."""
+    root = write_hq(tmp_path, n_listed=6)
+    sources = {0: 1, 1: 162770, 2: 162771, 3: 182637, 4: 182638, 5: 202599}
+    lines = ["idx orig_idx orig_file"] + [f"{k} {n - 1} {n:06d}.jpg" for k, n in sources.items()]
+    (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(lines) + "\n")
+    got = {}
+    for split in ("train", "val", "test"):
+        data = CelebAMaskHQ(root, split=split)
+        got[split] = sorted(int(data.image_path(i).stem) for i in range(len(data)))
+        assert data.held_out
+        assert data.notes() == [
+            f"{split} split: 2 of 6 images (CelebA's official partition of the source images "
+            "(CelebA-HQ-to-CelebA-mapping.txt))"
+        ]
+    assert got == {"train": [0, 1], "val": [2, 3], "test": [4, 5]}
+    (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text(
+        "idx orig_idx orig_file\n0 0 000001.jpg\n"
+    )
+    with pytest.raises(BiascheckError, match=r"1\.jpg has no row in .*mapping\.txt"):
+        CelebAMaskHQ(root)
+
+
+def test_hq_without_the_mapping_file_says_its_split_is_random(tmp_path):
+    data = CelebAMaskHQ(write_hq(tmp_path, n_listed=40), split="test")
+    (note,) = data.notes()
+    assert note.startswith("test split: 6 of 40 images (a random 70/15/15 split (seed 0)")
+    assert "add CelebA-HQ-to-CelebA-mapping.txt" in note
+
+
+def test_csv_spec_names_group_columns_with_any_number_of_values(tmp_path):
+    from pytest_biascheck.data import open_data
+
+    csv = write_csv(tmp_path)
+    text = csv.read_text().replace("race", "skin_tone")
+    csv.write_text(text.replace(",b,", ",III,").replace(",a,", ",I,").replace(",c,", ",II,"))
+    with pytest.raises(BiascheckError) as refused:
+        open_data(f"csv:{csv}")
+    assert "skin_tone is 'III'" in str(refused.value) and "groups=<name>" in str(refused.value)
+    data = open_data(f"csv:{csv},groups=skin_tone+age_bin", "test")
+    assert data.attributes == ("Smiling", "Male", "Young")
+    assert data.group_names == ("skin_tone", "age_bin")
+    assert data.protected_levels("skin_tone") == ("I", "II", "III")
+    batch = default_collate([data[i] for i in range(len(data))])
+    assert data.protected_values(batch, "skin_tone").tolist() == [2, 1, 2]  # rows a, c, d
+    assert data.notes() == ["test split: 3 of 4 images (the split column of labels.csv)"]
+    every = open_data(f"csv:{csv},groups=skin_tone+age_bin,split=all", "test")
+    assert len(every) == 4 and not every.held_out
+    only = open_data(f"csv:{csv},groups=skin_tone,attributes=Smiling,split=train")
+    assert only.attributes == ("Smiling",) and len(only) == 1
+
+
+def test_csv_without_a_split_column_says_nothing_is_held_out(tmp_path):
+    from pytest_biascheck.data import open_data
+
+    csv = write_csv(tmp_path)
+    lines = [line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()]
+    csv.write_text("\n".join(lines) + "\n")
+    data = open_data(f"csv:{csv},groups=race+age_bin", "test")
+    assert len(data) == 4 and not data.held_out
+    assert data.notes() == ["all 4 images, nothing held out (labels.csv has no split column)"]
+
+
+def test_path_specs_split_off_options_only_before_key_equals(tmp_path):
+    from pytest_biascheck.data import parse_spec
+
+    assert parse_spec("csv:/data/a,b/labels.csv,groups=x+y,split=all") == (
+        "csv", "/data/a,b/labels.csv", {"groups": "x+y", "split": "all"}
+    )  # fmt: skip
+    assert parse_spec("celebamask:/data/hq") == ("celebamask", "/data/hq", {})

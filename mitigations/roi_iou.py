@@ -15,8 +15,8 @@ The paper's G is a hard set: whether a cell belongs to it has no gradient. Two v
   depends on the attention already touching the region. On the biased fixture both work, soft a
   little better (docs/mitigations.md).
 
-S is one of the ten template rectangles (``data.regions.TEMPLATE_BOXES``; ``box:NAME`` forces one)
-or a mask region of the data, brought to the CAM grid exactly as the gate's mask score does
+S is a region of the data's part maps or, asked for as ``box:NAME``, one of the ten template
+rectangles (``data.regions.TEMPLATE_BOXES``), resolved as the gate resolves regions, brought to the CAM grid exactly as the gate's mask score does
 (``metrics.maps.mask_to_cam``: antialiased bilinear, divided by its maximum). The IoU uses fuzzy
 set operations: |G ∩ S| = sum(G S), |G ∪ S| = sum(G + S - G S). Images whose region is empty add
 no IoU loss.
@@ -36,29 +36,17 @@ from torch import Tensor, nn
 from mitigations.recipe import Defaults, Job, Recipe, Setup, label_columns, output_index
 from pytest_biascheck.cam import gradcam_differentiable
 from pytest_biascheck.data.base import BiasDataset
-from pytest_biascheck.data.regions import TEMPLATE_BOXES, template_box_mask
+from pytest_biascheck.data.regions import (
+    BOX_PREFIX,
+    TEMPLATE_BOXES,
+    resolve_region,
+    template_box_mask,
+)
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.maps import mask_to_cam
 
 THRESHOLD = 0.5
-BOX_PREFIX = "box:"
-
-
-def resolve_region(region: str, data: BiasDataset) -> tuple[str, str]:
-    """``("mask", name)`` for a mask region of the data (preferred, as in the gate), else
-    ``("box", name)`` for a template rectangle; ``box:NAME`` asks for the rectangle explicitly."""
-    if region.startswith(BOX_PREFIX) and region[len(BOX_PREFIX) :] in TEMPLATE_BOXES:
-        return "box", region[len(BOX_PREFIX) :]
-    if region in data.region_names:
-        return "mask", region
-    if region in TEMPLATE_BOXES:
-        return "box", region
-    choices = list(data.region_names) + [BOX_PREFIX + b for b in TEMPLATE_BOXES]
-    raise BiascheckError(
-        f"region {region!r} is neither a mask region of the training data nor a template box; "
-        f"choose --region from {', '.join(choices)}"
-    )
 
 
 def region_on_grid(
@@ -110,8 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--region",
         required=True,
-        help="where it should look: a mask region of the data (e.g. mouth) or a template box "
-        f"({', '.join(TEMPLATE_BOXES)}; prefix box: to force the box)",
+        help="where it should look: a region of the data's part maps (e.g. mouth) or a template "
+        f"box ({', '.join(BOX_PREFIX + b for b in TEMPLATE_BOXES)})",
     )
     parser.add_argument("--wa", type=float, default=1.0, help="weight of the attribute (BCE) loss")
     parser.add_argument("--wg", type=float, default=5.0, help="weight of the Grad-CAM IoU loss")
@@ -145,7 +133,7 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
         )
     if args.tau <= 0:
         raise BiascheckError(f"--tau must be positive, got {args.tau}")
-    kind, name = resolve_region(args.region, job.train_data)
+    kind, name = resolve_region(args.region, job.train_data.region_names, "--region")
     columns = label_columns(job.model, job.train_data).to(job.device)
     data = job.train_data
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pytest_biascheck.cam import compute_cams
 from pytest_biascheck.data.base import BiasDataset
-from pytest_biascheck.data.regions import TEMPLATE_BOXES, template_box_mask
+from pytest_biascheck.data.regions import resolve_region, template_box_mask
 from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.metrics import (
     GroupRates,
@@ -395,20 +395,18 @@ def _large_groups(table: pd.DataFrame, n: int, plan: Plan) -> pd.DataFrame:
 
 
 def _region_lookup(dataset: BiasDataset, plan: Plan):
-    """A function batch -> region masks ``[B, A', H, W]`` for the attributes that have a region: mask
-    regions of the data, or template boxes (for data without masks, such as CelebA)."""
-    plan_regions = [plan.regions[a] for a in plan.mapped]
-    for attribute, region in zip(plan.mapped, plan_regions, strict=True):
-        if region not in dataset.region_names and region not in TEMPLATE_BOXES:
-            have = ", ".join(list(dataset.region_names) + list(TEMPLATE_BOXES))
-            raise BiascheckError(
-                f"region {region!r} of {attribute!r} is neither a mask region of the data nor a template box; choose from {have}"
-            )
+    """A function batch -> region masks ``[B, A', H, W]`` for the attributes that have a region:
+    regions of the data's part maps, or template boxes asked for as ``box:NAME``
+    (``regions.resolve_region``)."""
+    resolved = [
+        resolve_region(plan.regions[a], dataset.region_names, f"region of {a!r}")
+        for a in plan.mapped
+    ]
 
     def lookup(batch: dict, size: Sequence[int]) -> torch.Tensor:
         layers = []
-        for region in plan_regions:
-            if region in dataset.region_names:
+        for kind, region in resolved:
+            if kind == "mask":
                 layers.append(batch["masks"][:, dataset.region_names.index(region)])
             else:
                 box = template_box_mask(region, int(size[0]), int(size[1]))

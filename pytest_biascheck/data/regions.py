@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from pytest_biascheck.errors import BiascheckError
 
 #: CelebAMask-HQ part names; a part label map stores the index into this tuple (0 = background).
 PART_NAMES: tuple[str, ...] = (
@@ -97,3 +101,41 @@ def template_box_mask(name: str, height: int, width: int) -> torch.Tensor:
     if not cols.any():
         cols[min(int((x0 + x1) / 2 * width), width - 1)] = True
     return rows[:, None] & cols[None, :]
+
+
+#: Prefix that asks for a template rectangle instead of a region of the data's part maps.
+BOX_PREFIX = "box:"
+
+
+def resolve_region(region: str, part_regions: Sequence[str], what: str) -> tuple[str, str]:
+    """``("mask", name)`` for a region of the data's part maps, ``("box", name)`` for a template
+    rectangle asked for as ``box:NAME``: a plain name never falls back to a rectangle, so a map
+    is never silently scored against a box the face may not fill. ``what`` names the use
+    ("region of 'Smiling'") in errors."""
+    if region.startswith(BOX_PREFIX):
+        box = region.removeprefix(BOX_PREFIX)
+        if box in TEMPLATE_BOXES:
+            return "box", box
+        raise BiascheckError(
+            f"{what} {region!r} is no template box; choose from "
+            f"{', '.join(BOX_PREFIX + b for b in TEMPLATE_BOXES)}"
+        )
+    if region in part_regions:
+        return "mask", region
+    found = (
+        f"the data's part maps have no region {region!r} ({', '.join(part_regions)})"
+        if part_regions
+        else f"the data has no part maps, so no region {region!r}"
+    )
+    if region in TEMPLATE_BOXES:
+        raise BiascheckError(
+            f"{what} {region!r}: {found}; to score against the ROI-IoU paper's template "
+            f"rectangle instead, name it {BOX_PREFIX}{region}"
+        )
+    boxes = ", ".join(BOX_PREFIX + b for b in TEMPLATE_BOXES)
+    raise BiascheckError(f"{what} {region!r}: {found}; choose a part-map region or one of {boxes}")
+
+
+def region_source(region: str) -> str:
+    """How a resolved region is drawn, for reports: ``"template box"`` or ``"part map"``."""
+    return "template box" if region.startswith(BOX_PREFIX) else "part map"

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mitigations.recipe import Job
-from mitigations.roi_iou import e1_e2, iou_loss, prepare, region_on_grid, resolve_region
+from mitigations.roi_iou import e1_e2, iou_loss, prepare, region_on_grid
 from mitigations.train import TrainConfig, train
 from pytest_biascheck.config import Settings
-from pytest_biascheck.data.regions import template_box_mask
+from pytest_biascheck.data.regions import resolve_region, template_box_mask
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
@@ -63,12 +63,13 @@ def test_soft_variant_pulls_region_cells_up_where_the_hard_one_cannot():
 
 
 def test_regions_resolve_like_the_gate():
-    data = SynthFaces(n=4, image_size=32)
-    assert resolve_region("mouth", data) == ("mask", "mouth")
-    assert resolve_region("box:mouth", data) == ("box", "mouth")
-    assert resolve_region("chin", data) == ("box", "chin")
-    with pytest.raises(BiascheckError, match=r"region 'elbow' .*choose --region from .*box:chin"):
-        resolve_region("elbow", data)
+    names = SynthFaces(n=4, image_size=32).region_names
+    assert resolve_region("mouth", names, "--region") == ("mask", "mouth")
+    assert resolve_region("box:mouth", names, "--region") == ("box", "mouth")
+    with pytest.raises(BiascheckError, match=r"no region 'chin' .*name it box:chin"):
+        resolve_region("chin", names, "--region")  # a box only when asked for
+    with pytest.raises(BiascheckError, match=r"--region 'elbow'.*box:chin"):
+        resolve_region("elbow", names, "--region")
 
 
 def test_region_on_grid():

@@ -55,6 +55,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Defaults) 
     files.add_argument(
         "--config", metavar="FILE", help="settings file; unset: biascheck.toml or pyproject.toml"
     )
+    files.add_argument(
+        "--train-on-eval-images",
+        action="store_true",
+        help="train even on images the before/after checks evaluate (data with no held-out split)",
+    )
     loop = parser.add_argument_group("training")
     loop.add_argument(
         "--optimizer", choices=("sgd", "adam"), default=defaults.optimizer, help="optimiser"

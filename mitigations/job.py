@@ -28,19 +28,19 @@ from pytest_biascheck import files, hookspecs
 from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.checks import catalogue
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
-from pytest_biascheck.data import default_spec, open_data
+from pytest_biascheck.data import default_spec
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.distributed import process_group
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.model import LoadedModel, load_checkpoint, save_checkpoint
-from pytest_biascheck.planning import Plan, Scope, data_for, group_levels, plan_for
+from pytest_biascheck.planning import Plan, Scope, data_for, group_levels, open_for, plan_for
 from pytest_biascheck.report.document import records, to_json
 
 #: Options that change how a run executes or where it reads and writes, not the weights it makes.
 OPERATIONAL = frozenset(
     {"model", "out", "config", "device", "resume", "workers", "checkpoint_every", "skip_checks",
-     "eval_data", "eval_batch_size", "micro_batch", "recipe"}
+     "eval_data", "eval_batch_size", "micro_batch", "recipe", "train_on_eval_images"}
 )  # fmt: skip
 
 
@@ -74,6 +74,24 @@ def check_paths(model: Path, out: Path) -> None:
         raise BiascheckError(
             f"output folder {folder} is not writable ({exc.strerror}); choose another --out"
         ) from None
+
+
+def check_held_out(
+    train_spec: str, train: BiasDataset, eval_spec: str, evaluation: BiasDataset
+) -> None:
+    """Refuse to train on images the checks evaluate (a data source without a held-out split
+    gives the same images to both), unless ``--train-on-eval-images`` says so."""
+    files_of = [getattr(d, "image_files", None) for d in (train, evaluation)]
+    if not all(files_of):
+        return
+    shared = set(files_of[0]()) & set(files_of[1]())
+    if shared:
+        rule = "; ".join(getattr(evaluation, "notes", list)()) or eval_spec
+        raise BiascheckError(
+            f"training data {train_spec} holds {len(shared)} of the {len(evaluation)} images the "
+            f"checks evaluate ({rule}); add a split column (train/val/test), pass --eval-data with "
+            "held-out images, or --train-on-eval-images to train on them anyway"
+        )
 
 
 def with_checks(settings: Settings, name: str, extra: Sequence[str], hook: Any) -> Settings:
@@ -146,10 +164,10 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
     train_spec = train_spec or default_spec(model.spec.attributes)
     if train_spec is None:
         raise BiascheckError(f"no training data for model {model.name}; pass --data SPEC")
-    _, height, width = model.spec.input_size
-    size = height if height == width else (height, width)
-    train_data = open_data(train_spec, "train", size, datasets)
+    train_data = open_for(model, settings, train_spec, "train", datasets)
     eval_spec, eval_data = data_for(model, settings, datasets, args.eval_data)
+    if not args.train_on_eval_images:
+        check_held_out(train_spec, train_data, eval_spec, eval_data)
     scope, plan = plan_for(model, eval_data, settings)
     return Inputs(settings, hook, model, train_spec, train_data, eval_spec, eval_data, scope, plan)
 

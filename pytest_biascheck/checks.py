@@ -294,7 +294,7 @@ BUILTIN: tuple[Check, ...] = (
     Check("minority_energy", "min", 0.2, "proportional energy inside the region for images predicted as the minority class",
           ROI_IOU, per_region, minority_energy, default=False),
     Check("no_activation_rate", "max", 0.2, "share of images whose CAM is empty (a prediction from the bias neuron alone)",
-          AFFACT_B, per_attribute, no_activation_rate),
+          AFFACT_B, per_region, no_activation_rate),
     Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells (true class x group for a multiclass head)",
           REBALANCE, per_task_group, _group_stat("worst_group_accuracy")),
     Check("group_accuracy_gap", "max", 0.1, "largest accuracy difference between values of the protected group",

@@ -96,7 +96,7 @@ def data_for(
     """(spec, test split) a model is evaluated on: ``spec`` if given, else the model's setting, the
     global setting, or the synthetic set carrying its attributes; ``extra`` are plugin datasets.
     Group columns of a configured metadata CSV are joined on the image id."""
-    from pytest_biascheck.data import default_spec, open_data
+    from pytest_biascheck.data import default_spec
 
     spec = spec or settings.for_model(model.name).data or settings.data
     spec = spec or default_spec(model.spec.attributes)
@@ -105,15 +105,30 @@ def data_for(
             f"no evaluation data for model {model.name}; pass --biascheck-data (pytest) or --data "
             f"(python -m pytest_biascheck), or set data under [tool.biascheck.models.{model.name}]"
         )
+    return spec, open_for(model, settings, spec, "test", extra)
+
+
+def open_for(
+    model: LoadedModel,
+    settings: Settings,
+    spec: str,
+    split: str,
+    extra: Mapping[str, Any] | None = None,
+) -> BiasDataset:
+    """Split ``split`` of the data ``spec`` names, at the model's input size, with the group
+    columns of the model's metadata CSV joined (the gate's evaluation data and the recipes'
+    training data both open through here)."""
+    from pytest_biascheck.data import open_data
+
     _, height, width = model.spec.input_size
     size = height if height == width else (height, width)
-    dataset = open_data(spec, "test", size, extra)
+    dataset = open_data(spec, split, size, extra)
     metadata = settings.metadata_for(model.name)
     if metadata is not None:
         from pytest_biascheck.data.real import MetadataGroups
 
         dataset = MetadataGroups(dataset, *metadata)
-    return spec, dataset
+    return dataset
 
 
 def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tuple[Scope, Plan]:

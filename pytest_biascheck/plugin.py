@@ -34,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )  # fmt: skip
     group.addoption(
         "--biascheck-data", metavar="SPEC", default=None,
-        help="evaluation data: synthfaces[:n=2000,...], synthbirds[:...], celeba:PATH, waterbirds:PATH, or a folder",
+        help="evaluation data: synthfaces[:n=2000,...], synthbirds[:...], celeba:PATH, celebamask:PATH, waterbirds:PATH, csv:PATH[,groups=A+B,split=test] (docs/data.md), or a folder",
     )  # fmt: skip
     group.addoption(
         "--biascheck-config", metavar="FILE", default=None,

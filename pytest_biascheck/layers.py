@@ -10,11 +10,13 @@ else from the token count.
 
 Automatic target layer (a checkpoint that names none): the last module, in the order modules finish
 in one forward pass, that runs once, gives a feature map on whose grid the outputs depend (non-zero
-gradient on some patch or cell), is not a pooling, layout, dropout or identity module, and finishes
+gradient on some patch or cell), is not a pooling, layout, dropout, identity or linear module (a
+Linear inside a block is a projection, such as timm's fused attention ``qkv``), and finishes
 before the head's global pool (the first global pool after which no larger grid follows). For CNNs
 that is the last stage (``layer4``, ``features``); for Swin the final LayerNorm on the last stage
 (``norm``); for ViT the last block's first LayerNorm (``encoder.layers.encoder_layer_11.ln_1``),
-since the patch tokens of later outputs reach the head only through the class token (zero gradient).
+since the patch tokens of later outputs reach the head only through the class token (zero gradient);
+timm's ViT and DeiT: ``blocks.11.norm1``; timm's ConvNeXt: ``stages``.
 """
 
 from __future__ import annotations
@@ -103,8 +105,8 @@ def _channel_side(module: nn.Module) -> str | None:
     if isinstance(module, permute_types()):
         return {(0, 2, 3, 1): CHANNELS_LAST, (0, 3, 1, 2): MAP}.get(tuple(module.dims))
     if isinstance(module, _LAST_AXIS_NORMS):
-        plain = type(module).forward in (nn.LayerNorm.forward, nn.RMSNorm.forward)
-        return CHANNELS_LAST if plain else MAP  # e.g. torchvision's LayerNorm2d permutes inside
+        # torchvision's and timm's LayerNorm2d permute inside: channels stay first
+        return MAP if type(module).__name__.endswith("2d") else CHANNELS_LAST
     if isinstance(module, nn.Linear):
         return CHANNELS_LAST
     return MAP if isinstance(module, _CHANNELS_FIRST) else None
@@ -140,15 +142,26 @@ def output_layout(
     sides = (_channel_side(m) for m, ndim in reversed(ran) if ndim == len(shape))
     side = next((s for s in sides if s is not None), None)
     if len(shape) == 4:
-        if side == CHANNELS_LAST:
-            return Layout(CHANNELS_LAST, (int(shape[1]), int(shape[2])))
-        return Layout(MAP, (int(shape[2]), int(shape[3])))
+        first = Layout(MAP, (int(shape[2]), int(shape[3])))
+        last = Layout(CHANNELS_LAST, (int(shape[1]), int(shape[2])))
+        chosen, other = (last, first) if side == CHANNELS_LAST else (first, last)
+        # a permute back outside any module (timm's ConvNeXt blocks) hides the side: the grid
+        # with the input's aspect ratio is then the one to read
+        if not _fits(chosen.grid, image_size) and _fits(other.grid, image_size):
+            return other
+        return chosen
     if len(shape) == 3 and side != MAP:
         for prefix in _prefix_options(model):
             grid = _token_grid(int(shape[1]) - prefix, image_size)
             if grid is not None:
                 return Layout(TOKENS, grid, prefix)
     return None
+
+
+def _fits(grid: tuple[int, int], image_size: Sequence[int]) -> bool:
+    """Whether a grid has about the input's aspect ratio (within a factor of 1.5)."""
+    ratio = (grid[0] / grid[1]) / (int(image_size[0]) / int(image_size[1]))
+    return 1 / 1.5 < ratio < 1.5
 
 
 def _leaves(model: nn.Module) -> list[nn.Module]:
@@ -269,8 +282,9 @@ def _before_head_pool(
 
 def choose_target_layer(model: nn.Module, candidates: Sequence[LayerInfo]) -> str | None:
     """The automatic target layer among ``candidates`` of ``model`` (rule in the module docstring):
-    the last one that is not a pooling, layout, dropout or identity module; None if there is none."""
-    skip = _NOT_TARGETS + permute_types()
+    the last one that is not a pooling, layout, dropout, identity or linear module; None if there
+    is none."""
+    skip = (*_NOT_TARGETS, nn.Linear, *permute_types())
     return next(
         (c.name for c in reversed(candidates) if not isinstance(model.get_submodule(c.name), skip)),
         None,

@@ -218,3 +218,54 @@ def test_biascheck_gate_runs_end_to_end_on_a_vit(pytester: pytest.Pytester, vit_
     assert maps["by_class"].shape[-2:] == (6, 6)
     assert maps["sample_maps"].shape[1:] == (1, 6, 6)
     assert maps["sample_maps"].amax((-2, -1)).gt(0).any()
+
+
+# timm models (``pip install 'biascheck[timm]'``), as ``timm.<name>`` checkpoints: name -> (kwargs,
+# automatic target layer, CAM grid, pytorch-grad-cam reshape). The ViT and DeiT layers are the
+# ones pytorch-grad-cam's README recommends for timm (blocks[-1].norm1).
+TIMM: dict[str, tuple[dict, str, tuple[int, int], Callable]] = {
+    "resnet50": ({}, "layer4", (2, 2), copied),
+    "convnext_tiny": ({}, "stages", (2, 2), copied),
+    "efficientnet_b0": ({}, "bn2", (2, 2), copied),
+    "vit_small_patch16_224": (
+        {"img_size": SIZE}, "blocks.11.norm1", (4, 4),
+        functools.partial(vit_reshape_transform, height=4, width=4),
+    ),
+    "deit_small_patch16_224": (
+        {"img_size": SIZE}, "blocks.11.norm1", (4, 4),
+        functools.partial(vit_reshape_transform, height=4, width=4),
+    ),
+    "swin_tiny_patch4_window7_224": (
+        {"img_size": SIZE, "window_size": 4}, "norm", (2, 2),
+        functools.partial(swin_tokens, height=2, width=2),
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(TIMM))
+def timm_loaded(request, x, tmp_path_factory) -> LoadedModel:
+    """A random timm model saved with no target layer, then loaded back through the registry."""
+    timm = pytest.importorskip("timm")
+    name = request.param
+    torch.manual_seed(0)
+    kwargs = TIMM[name][0]
+    model = timm.create_model(name, pretrained=False, num_classes=len(ATTRIBUTES), **kwargs)
+    path = tmp_path_factory.mktemp(name) / f"{name}.pt"
+    spec = ModelSpec(attributes=ATTRIBUTES, input_size=(3, SIZE, SIZE))
+    save_checkpoint(conditioned(model, x), spec, path, f"timm.{name}", kwargs)
+    del model
+    yield load_checkpoint(path)
+    path.unlink()
+
+
+def test_timm_models_get_their_layer_and_match_pytorch_grad_cam(timm_loaded, x):
+    _, layer, grid, reshape = TIMM[timm_loaded.arch.removeprefix("timm.")]
+    assert timm_loaded.spec.target_layer == layer
+    ours = compute_cams(timm_loaded.module, x, layer)
+    assert ours.cams.shape == (len(x), len(ATTRIBUTES), *grid)
+    ours = compute_cams(timm_loaded.module, x, layer, size=(SIZE, SIZE))
+    module = timm_loaded.module
+    with pgc.GradCAM(module, [module.get_submodule(layer)], reshape_transform=reshape) as cam:
+        ref = np.stack([cam(x, [AbsLogit(a)] * len(x)) for a in range(len(ATTRIBUTES))], 1)
+    assert (ref.reshape(-1, SIZE * SIZE).max(1) > 0.5).mean() > 0.5, "maps mostly zero"
+    assert np.abs(ours.cams.numpy() - ref).max() <= TOL

@@ -34,6 +34,7 @@ class ModelSettings:
     regions: dict[str, str] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
+    severity: dict[str, str] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     metadata: str | None = None
@@ -57,6 +58,7 @@ class Settings:
     allow_imports: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
+    severity: dict[str, str] = field(default_factory=dict)
     tolerance: float = 0.02
     cache: bool = True
     tolerances: dict[str, float] = field(default_factory=dict)
@@ -83,15 +85,80 @@ class Settings:
         folder = Path(self.source).parent if self.source else Path.cwd()
         return folder / path, own.metadata_id or self.metadata_id
 
+    def table(self, *keys: str) -> str:
+        """How a table is written in this config file: ``[models.m.thresholds]`` in
+        ``biascheck.toml``, ``[tool.biascheck.models.m.thresholds]`` in ``pyproject.toml``."""
+        prefix = () if self.source and Path(self.source).name != "pyproject.toml" else _TOOL
+        return f"[{'.'.join((*prefix, *keys))}]"
 
-def find_config(rootdir: Path) -> Path | None:
-    """``biascheck.toml`` wins; else ``pyproject.toml`` if it has a ``[tool.biascheck]`` table."""
-    own = rootdir / "biascheck.toml"
-    if own.is_file():
-        return own
-    pyproject = rootdir / "pyproject.toml"
-    if pyproject.is_file() and "biascheck" in _read_toml(pyproject).get("tool", {}):
-        return pyproject
+    def threshold(self, stem: str, check: str, default: float) -> tuple[float, str]:
+        """A check's threshold for a model (its own table, else the global one, else ``default``)
+        and where it comes from, in words that name the config file and table to change."""
+        for keys, table in (
+            (("models", stem, "thresholds"), self.for_model(stem).thresholds),
+            (("thresholds",), self.thresholds),
+        ):
+            if check in table:
+                return table[check], f"{check} in {self.table(*keys)} of {self.source}"
+        if self.source:
+            return default, f"default; set {check} in {self.table('thresholds')} of {self.source}"
+        return default, (
+            f"default; set {check} in [thresholds] of biascheck.toml "
+            "or [tool.biascheck.thresholds] of pyproject.toml"
+        )
+
+    def severity_of(self, stem: str, check: str) -> str:
+        """``"fail"`` or ``"warn"``: the model's own severity for a check, else the global one."""
+        return self.for_model(stem).severity.get(check, self.severity.get(check, "fail"))
+
+    def override(self, key: str, value: Any) -> None:
+        """A command-line option: ``value`` for every model, whatever the file sets globally or for a
+        model (``severity`` entries are merged, each replacing the file's for that check)."""
+        if key == "severity":
+            self.severity.update(value)
+            for model in self.models.values():
+                for check in value:
+                    model.severity.pop(check, None)
+            return
+        setattr(self, key, value)
+        for model in self.models.values():
+            if hasattr(model, key):
+                setattr(model, key, None)
+
+    def unused_models(self, stems: typing.Collection[str]) -> list[str]:
+        """One line per ``[models.<stem>]`` table naming no model of the run, with the closest."""
+        lines = []
+        for stem in self.models:
+            if stem in stems:
+                continue
+            lines.append(
+                f"{self.source}: {self.table('models', stem)} names no model of this run, "
+                f"so it is not used (models are keyed by file stem); {closest_hint(stem, stems)}"
+            )
+        return lines
+
+
+_TOOL = ("tool", "biascheck")
+SEVERITIES = ("fail", "warn")
+
+
+def find_config(*starts: Path) -> Path | None:
+    """The nearest config file walking up from each of ``starts`` in turn: ``biascheck.toml``, or
+    ``pyproject.toml`` with a ``[tool.biascheck]`` table; both in one folder is an error."""
+    for start in starts:
+        for folder in (start, *start.parents):
+            own = folder / "biascheck.toml"
+            pyproject = folder / "pyproject.toml"
+            shared = pyproject.is_file() and "biascheck" in _read_toml(pyproject).get("tool", {})
+            if own.is_file() and shared:
+                raise BiascheckError(
+                    f"both {own} and [tool.biascheck] in {pyproject} configure biascheck; "
+                    "keep one, or name the one to use with --biascheck-config"
+                )
+            if own.is_file():
+                return own
+            if shared:
+                return pyproject
     return None
 
 
@@ -105,7 +172,7 @@ def load_settings(path: Path | None) -> Settings:
     if path.name != "pyproject.toml" and "tool" in table and "biascheck" in table["tool"]:
         table = table["tool"]["biascheck"]
     settings = _build(
-        Settings, table, "tool.biascheck" if path.name == "pyproject.toml" else "", path
+        Settings, table, ".".join(_TOOL) if path.name == "pyproject.toml" else "", path
     )
     settings.source = str(path)
     _check_values(settings, path)
@@ -188,21 +255,32 @@ def check_folder(path: Path, where: str) -> None:
 
 
 def validate_thresholds(settings: Settings, checks: Mapping[str, Any]) -> None:
-    """Every threshold key and ``checks`` entry must name a check of ``checks`` (name -> Check),
-    errors point at the closest; a threshold must lie in its check's ``bounds``, a tolerance
-    within the width of that range."""
+    """Every ``thresholds``, ``checks``, ``tolerances`` and ``severity`` key must name a check of
+    ``checks`` (name -> Check), errors point at the closest; a threshold must lie in its check's
+    ``bounds``, a tolerance within the width of that range; a severity is "fail" or "warn"."""
     tables = [
         ("thresholds", settings.thresholds),
         ("checks", settings.checks),
         ("tolerances", settings.tolerances),
+        ("severity", settings.severity),
     ]
     for stem, m in settings.models.items():
-        tables += [(f"models.{stem}.thresholds", m.thresholds), (f"models.{stem}.checks", m.checks)]
+        tables += [
+            (f"models.{stem}.thresholds", m.thresholds),
+            (f"models.{stem}.checks", m.checks),
+            (f"models.{stem}.severity", m.severity),
+        ]
     for where, table in tables:
         for key in table:
             if key not in checks:
                 raise BiascheckError(_unknown(key, where, checks, settings.source))
-            if isinstance(table, dict):
+            if where.endswith("severity"):
+                if table[key] not in SEVERITIES:
+                    raise BiascheckError(
+                        f'{settings.source}: {where}.{key} must be "fail" or "warn", '
+                        f"got {table[key]!r}"
+                    )
+            elif isinstance(table, dict):
                 _check_bound(checks[key], _join(where, key), table[key], settings.source)
 
 
@@ -299,10 +377,14 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+def closest_hint(name: str, valid: typing.Collection[str]) -> str:
+    """``did you mean 'x'?`` with the closest valid name, else the list of valid names."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(valid))}"
+
+
 def _unknown(key: str, where: str, valid: typing.Collection[str], path: Any) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
-    return f"{path}: unknown key {_join(where, key)!r}; {hint}"
+    return f"{path}: unknown key {_join(where, key)!r}; {closest_hint(key, valid)}"
 
 
 def _wrong_type(where: str, path: Path, expected: str, value: Any) -> str:

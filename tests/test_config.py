@@ -63,13 +63,88 @@ def test_pyproject_table_parses_to_typed_settings(tmp_path):
     validate_thresholds(settings, catalogue())
 
 
-def test_biascheck_toml_wins_and_pyproject_without_table_is_ignored(tmp_path):
+def test_pyproject_without_table_is_skipped_and_biascheck_toml_read(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = 1\n")
     assert find_config(tmp_path) is None
     (tmp_path / "biascheck.toml").write_text('batch_size = 8\n[models.m]\nprotected = ["Male"]\n')
     settings = load_settings(find_config(tmp_path))
     assert settings.batch_size == 8 and settings.for_model("m").protected == ["Male"]
     assert load_settings(None) == Settings()
+
+
+def test_nearest_config_walking_up_from_each_start_in_turn(tmp_path):
+    deep = tmp_path / "project" / "src" / "deep"
+    deep.mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "biascheck.toml").write_text("")
+    assert find_config(deep, root) == root / "biascheck.toml"  # nothing above deep: the rootdir's
+    (tmp_path / "project" / "pyproject.toml").write_text("[tool.biascheck]\n")
+    assert find_config(deep, root) == tmp_path / "project" / "pyproject.toml"
+    (deep.parent / "pyproject.toml").write_text("[tool.ruff]\n")  # no table: walked past
+    (deep.parent / "biascheck.toml").write_text("")
+    assert find_config(deep, root) == deep.parent / "biascheck.toml"
+
+
+def test_both_config_files_in_one_folder_is_an_error(tmp_path):
+    (tmp_path / "biascheck.toml").write_text("")
+    (tmp_path / "pyproject.toml").write_text("[tool.biascheck]\n")
+    with pytest.raises(BiascheckError) as caught:
+        find_config(tmp_path / "sub", tmp_path)
+    assert str(caught.value) == (
+        f"both {tmp_path / 'biascheck.toml'} and [tool.biascheck] in {tmp_path / 'pyproject.toml'} "
+        "configure biascheck; keep one, or name the one to use with --biascheck-config"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "model", "where"),
+    [
+        ("pyproject.toml", "[tool.biascheck.models.m.thresholds]\nacc = 0.8\n", 0.8,
+         "acc in [tool.biascheck.models.m.thresholds] of {path}"),
+        ("pyproject.toml", "[tool.biascheck.thresholds]\nacc = 0.6\n", 0.6,
+         "acc in [tool.biascheck.thresholds] of {path}"),
+        ("biascheck.toml", "[models.m.thresholds]\nacc = 0.8\n", 0.8,
+         "acc in [models.m.thresholds] of {path}"),
+        ("biascheck.toml", "", 0.5, "default; set acc in [thresholds] of {path}"),
+    ],
+)  # fmt: skip
+def test_threshold_names_where_it_is_set(tmp_path, name, text, model, where):
+    path = tmp_path / name
+    path.write_text(text)
+    settings = load_settings(path)
+    assert settings.threshold("m", "acc", 0.5) == (model, where.format(path=path))
+    assert Settings().threshold("m", "acc", 0.5)[1] == (
+        "default; set acc in [thresholds] of biascheck.toml or [tool.biascheck.thresholds] of "
+        "pyproject.toml"
+    )
+
+
+def test_command_line_values_override_the_file_for_every_model(tmp_path):
+    path = tmp_path / "biascheck.toml"
+    path.write_text(
+        'data = "a"\nseverity = { x = "fail" }\n[models.m]\ndata = "b"\n'
+        'severity = { x = "fail", y = "fail" }\n'
+    )
+    settings = load_settings(path)
+    assert (settings.severity_of("m", "y"), settings.severity_of("other", "y")) == ("fail", "fail")
+    settings.override("data", "c")
+    settings.override("severity", {"x": "warn"})
+    assert (settings.data, settings.for_model("m").data) == ("c", None)
+    assert [settings.severity_of(m, "x") for m in ("m", "other")] == ["warn", "warn"]
+    assert settings.severity_of("m", "y") == "fail"
+
+
+def test_sections_naming_no_model_of_the_run_are_reported_with_the_closest_name(tmp_path):
+    path = tmp_path / "biascheck.toml"
+    path.write_text("[models.face_biased]\n[models.faces_balanced]\n[models.zzz]\n")
+    lines = load_settings(path).unused_models({"faces_biased", "faces_balanced"})
+    assert lines == [
+        f"{path}: [models.face_biased] names no model of this run, so it is not used (models are "
+        "keyed by file stem); did you mean 'faces_biased'?",
+        f"{path}: [models.zzz] names no model of this run, so it is not used (models are keyed by "
+        "file stem); valid: faces_balanced, faces_biased",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -133,6 +208,10 @@ def test_biascheck_toml_wins_and_pyproject_without_table_is_ignored(tmp_path):
             "limits.model must be a positive size",
         ),
         ("[tool.biascheck]\nreport = 'pyproject.toml/out'\n", "pyproject.toml is a file"),
+        (
+            "[tool.biascheck]\nseverity = { accuracy = 2 }\n",
+            "tool.biascheck.severity.accuracy must be str, got int 2",
+        ),
     ],
 )
 def test_bad_config_names_key_file_and_fix(tmp_path, text, expected):
@@ -153,6 +232,20 @@ def test_unknown_threshold_names_closest_check(tmp_path):
         BiascheckError, match=r"unknown key 'models.m.thresholds.acuracy'; did you mean 'accuracy'"
     ):
         validate_thresholds(settings, catalogue())
+
+
+def test_severity_must_name_a_check_and_be_fail_or_warn(tmp_path):
+    path = tmp_path / "biascheck.toml"
+    path.write_text("[models.m.severity]\naccuracy = 'warm'\n")
+    with pytest.raises(
+        BiascheckError, match=r"models.m.severity.accuracy must be \"fail\" or \"warn\""
+    ):
+        validate_thresholds(load_settings(path), catalogue())
+    path.write_text("[severity]\naccurcy = 'warn'\n")
+    with pytest.raises(
+        BiascheckError, match=r"unknown key 'severity.accurcy'; did you mean 'accuracy'"
+    ):
+        validate_thresholds(load_settings(path), catalogue())
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

@@ -21,8 +21,10 @@ from pytest_biascheck.report.document import (
 from pytest_biascheck.report.images import model_figures
 
 JSON_NAME, HTML_NAME = "biascheck.json", "biascheck.html"
+#: The JSON Schema (draft 2020-12) that ``biascheck.json`` follows.
+JSON_SCHEMA = Path(__file__).with_name("biascheck.schema.json")
 
-__all__ = ["HTML_NAME", "JSON_NAME", "SCHEMA", "library_versions", "write_report"]
+__all__ = ["HTML_NAME", "JSON_NAME", "JSON_SCHEMA", "SCHEMA", "library_versions", "write_report"]
 
 
 def write_report(

@@ -38,10 +38,16 @@ def build_document(entries: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 
 
 def summarise(checks: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Counts of passed and failed check outcomes."""
-    failed = sum(c.get("status") == "FAILED" for c in checks)
-    passed = sum(c.get("status") == "passed" for c in checks)
-    return {"passed": passed, "failed": failed, "total": len(checks)}
+    """Counts of check outcomes by status: failed (fails the run), warned (severity "warn"),
+    xfailed (known failures of the baseline), passed."""
+    statuses = [c.get("status") for c in checks]
+    return {
+        "passed": statuses.count("passed"),
+        "failed": statuses.count("FAILED"),
+        "warned": statuses.count("warned"),
+        "xfailed": statuses.count("xfailed"),
+        "total": len(checks),
+    }
 
 
 def to_json(document: Any) -> str:

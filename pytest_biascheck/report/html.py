@@ -64,7 +64,7 @@ def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str
     levels = model.get("levels", {})
     return {
         "model": model,
-        "checks": sorted(checks, key=lambda c: c.get("status") != "FAILED"),
+        "checks": sorted(checks, key=lambda c: _ORDER.get(c.get("status"), len(_ORDER))),
         "fixes": fixes(checks),
         "task": task_view(model.get("task"), tables),
         "attributes": attribute_rows(model.get("attributes", []), tables, regions),
@@ -85,11 +85,15 @@ def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str
     }
 
 
+#: Checks are listed failed first, then warned, known failures, passed.
+_ORDER = {"FAILED": 0, "warned": 1, "xfailed": 2, "passed": 3}
+
+
 def fixes(checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The suggested commands of failed checks, each once, with the checks it addresses."""
+    """The suggested commands of failed (and warned) checks, each once, with the checks it addresses."""
     by_command: dict[str, list[str]] = {}
     for check in checks:
-        if check.get("status") == "FAILED" and check.get("recipe"):
+        if check.get("status") in ("FAILED", "warned") and check.get("recipe"):
             by_command.setdefault(check["recipe"], []).append(_target(check))
     return [{"command": c, "checks": items} for c, items in by_command.items()]
 

@@ -144,7 +144,8 @@ def test_json_is_strict_and_counts_match_the_outcomes(
     statuses = Counter(o["status"] for o in outcomes)
     assert document["schema"] == SCHEMA == "biascheck-report/1"
     assert document["summary"] == {
-        "passed": statuses["passed"], "failed": statuses["FAILED"], "total": len(outcomes)
+        "passed": statuses["passed"], "failed": statuses["FAILED"], "warned": 0, "xfailed": 0,
+        "total": len(outcomes),
     }  # fmt: skip
     assert statuses["FAILED"] > 0 and statuses["passed"] > 0
     assert dt.datetime.fromisoformat(document["created"]).tzinfo is not None

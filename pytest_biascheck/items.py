@@ -1,4 +1,6 @@
-"""pytest collectors and items: one collector per model, one item per (check, target)."""
+"""pytest collector and items: a model file given with ``--biascheck`` collects one item per
+(check, target), named ``<model file>::<check>[<target>]`` with the target as the parameter id,
+so node ids work as any test's do (``--lf``, ``--deselect``, copied from the output)."""
 
 from __future__ import annotations
 
@@ -6,138 +8,216 @@ import math
 from typing import Any
 
 import pytest
+from _pytest._code.code import (
+    ReprEntryNative,
+    ReprExceptionInfo,
+    ReprFileLocation,
+    ReprTraceback,
+)
 
-from pytest_biascheck.checks import Check, Measurement, Target, catalogue
+from pytest_biascheck.baseline import compare
+from pytest_biascheck.checks import Check, Measurement, Target
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.model import LoadedModel
+from pytest_biascheck.state import STATE
+
+#: The outcome of a check item, read by the plugin into its test report.
+OUTCOME = pytest.StashKey[dict[str, Any]]()
 
 
 class CheckFailed(AssertionError):
-    """A check's value is on the wrong side of its threshold."""
+    """A check's value is on the wrong side of its threshold, or regressed from the baseline:
+    ``head`` says how in one line, ``lines`` explain it."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, head: str, lines: list[str]) -> None:
         super().__init__("\n".join(lines))
+        self.head = head
         self.lines = lines
 
 
-class ModelCollector(pytest.Collector):
-    """The items of one model file, named ``<model file>::<check>[<attribute>-<group or region>]``."""
+class ModelItems:
+    """What a model's collector does: one item per check and target; ``key`` is the model's key
+    in the session (its file's path in node ids, or a live model's name)."""
 
-    def __init__(self, *, model: LoadedModel, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.model = model
+    key: str
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (``model.LoadedModel``)."""
+        return self.config.stash[STATE].models[self.key]
 
     def collect(self) -> list[pytest.Item]:
-        from pytest_biascheck.plugin import STATE
-
         state = self.config.stash[STATE]
-        scope = state.scope(self.model)
-        wanted = state.settings.for_model(self.model.name).checks or state.settings.checks
         items = []
-        for check in catalogue(self.config.pluginmanager.hook).values():
-            if not (check.name in wanted if wanted else check.default):
-                continue
-            for target in check.targets(scope):
-                item = CheckItem.from_parent(
-                    self, name=f"{check.name}[{target.id}]", check=check, target=target
-                )
-                item.add_marker("biascheck")
-                item.add_marker(check.name)
-                items.append(item)
+        for index, (check, target) in enumerate(state.planned(self.key)):
+            item = CheckItem.from_parent(
+                self, name=f"{check.name}[{target.id}]", check=check, target=target, index=index,
+                **_node_id(self, check.name, target.id),
+            )  # fmt: skip
+            item.add_marker("biascheck")
+            item.add_marker(check.name)
+            items.append(item)
         return items
 
 
-class CheckItem(pytest.Item):
-    """One bias check of one model; it fails with the value, threshold, interval and a fix."""
+class ModelFile(ModelItems, pytest.File):
+    """A model checkpoint given with ``--biascheck``, collected at its own path."""
 
-    def __init__(self, *, check: Check, target: Target, **kwargs: Any) -> None:
+    def __init__(self, *, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+
+
+class LiveModel(ModelItems, pytest.Collector):
+    """A model handed over by the ``pytest_biascheck_models`` hook: no file, named by its key."""
+
+    def __init__(self, *, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+
+
+def _node_id(parent: pytest.Collector, name: str, params: str) -> dict[str, Any]:
+    """pytest >= 9.2 keeps node ids structured (path, names, parameter id), and ``--lf`` or a node id
+    given as an argument match on that structure: put the target in the parameter id, as
+    ``parametrize`` does. Older pytest compares the ``name[params]`` string, which is the default."""
+    own = getattr(parent, "id", None)
+    return {"nodeid": own.child(name).with_params(params)} if hasattr(own, "with_params") else {}
+
+
+class CheckItem(pytest.Item):
+    """One bias check of one model: it passes, fails with the value, threshold, interval and a fix,
+    warns (severity "warn"), or is an expected failure (a known failure in the baseline)."""
+
+    def __init__(self, *, check: Check, target: Target, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.target = target
+        self.index = index
 
     @property
-    def model(self) -> LoadedModel:
+    def model(self) -> Any:
         return self.parent.model
 
-    def threshold(self) -> float:
-        """The model's own threshold, else the global one, else the check's default."""
-        from pytest_biascheck.plugin import STATE
-
-        settings = self.config.stash[STATE].settings
-        own = settings.for_model(self.model.name).thresholds
-        return own.get(
-            self.check.name, settings.thresholds.get(self.check.name, self.check.threshold)
-        )
-
     def runtest(self) -> None:
-        from pytest_biascheck.baseline import compare
-        from pytest_biascheck.plugin import STATE
-
         state = self.config.stash[STATE]
-        results = state.results_for(self.model)
-        measured = self.check.measure(results, self.target, state.scope(self.model))
-        threshold = self.threshold()
+        key, name = self.parent.key, self.parent.model.name
+        scope = state.scope(key)
+        measured = self.check.measure(state.results_for(key), self.target, scope)
         if measured.n == 0:
             pytest.skip(
                 f"{self.check.name} of {self.target.id} is not measurable: no image in that subset, "
                 "or no group holding min_group_share of the images"
             )
-        passed = self.check.passes(measured.value, threshold)
-        previous = state.baseline.get(self.nodeid)
-        tolerance = state.settings.tolerances.get(self.check.name, state.settings.tolerance)
-        change = compare(measured.value, previous, self.check.direction, tolerance)
+        settings = state.settings
+        threshold, origin = settings.threshold(name, self.check.name, self.check.threshold)
+        met = bool(self.check.passes(measured.value, threshold))
+        saved = state.baselines.get(key)
+        previous = saved.checks.get(self.name) if saved else None
+        tolerance = settings.tolerances.get(self.check.name, settings.tolerance)
+        before = None if previous is None else previous.value
+        change = compare(measured.value, before, self.check.direction, tolerance)
+        known = previous is not None and not previous.passed and change != "regressed"
+        known = known and not self.config.getoption("runxfail")  # "as if they were not marked"
         op = ">=" if self.check.direction == "min" else "<="
-        status = "passed" if passed and change != "regressed" else "FAILED"
-        state.outcomes.append(
-            {"item": self.nodeid, "model": self.model.name, "check": self.check.name,
-             "attribute": self.target.attribute, "other": self.target.other, "value": measured.value,
-             "low": measured.low, "high": measured.high, "n": measured.n, "threshold": threshold,
-             "op": op, "status": status, "recipe": self.fix(), "baseline": previous, "change": change,
-             "description": self.check.description}
-        )  # fmt: skip
-        self.user_properties.append(("value", measured.value))
-        self.user_properties.append(("threshold", threshold))
-        if not passed:
-            raise CheckFailed(self.explain(measured, threshold, op))
-        if change == "regressed":
-            raise CheckFailed(
-                [
-                    f"{self.check.name} of {self.target.id}: {measured.value:.3f} regressed from the baseline {previous:.3f} "
-                    f"by more than the tolerance {tolerance:.3f} (threshold {op} {threshold:.3f} still holds)",
-                    f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
-                    f"  fix        {self.fix()}",
-                ]
+        if met and change != "regressed":
+            status = "passed"
+        elif not met and known:
+            status = "xfailed"
+        elif settings.severity_of(name, self.check.name) == "warn":
+            status = "warned"
+        else:
+            status = "FAILED"
+        self.stash[OUTCOME] = {
+            "item": self.nodeid, "key": self.name, "path": key, "model": name,
+            "check": self.check.name, "attribute": self.target.attribute, "other": self.target.other,
+            "value": float(measured.value), "low": float(measured.low), "high": float(measured.high),
+            "n": int(measured.n), "threshold": float(threshold), "op": op,
+            "direction": self.check.direction, "met": met, "status": status,
+            "severity": settings.severity_of(name, self.check.name), "recipe": self.fix(),
+            "baseline": before, "change": change,
+            "description": self.check.description, "index": self.index,
+        }  # fmt: skip
+        self._record_properties(measured, threshold)
+        if status == "xfailed":
+            pytest.xfail(
+                f"known failure: {measured.value:.3f} does not meet {op} {threshold:.3f}, "
+                f"{previous.value:.3f} in the baseline ({saved.model})"
+            )
+        if status == "FAILED":
+            raise self.explain(measured, threshold, op, origin, before)
+
+    def _record_properties(self, measured: Measurement, threshold: float) -> None:
+        """JUnit XML properties: plain floats and strings, so pytest-xdist can send them."""
+        self.user_properties += [
+            ("value", float(measured.value)),
+            ("threshold", float(threshold)),
+            ("direction", self.check.direction),
+            ("n", int(measured.n)),
+        ]
+        if not math.isnan(measured.low):
+            self.user_properties.append(
+                ("interval", f"[{float(measured.low)!r}, {float(measured.high)!r}]")
             )
 
-    def explain(self, measured: Measurement, threshold: float, op: str) -> list[str]:
-        """The failure message: what was measured, against what, how sure, and what to run."""
-        return [
-            f"{self.check.name} of {self.target.id}: {measured.value:.3f} does not meet {op} {threshold:.3f}",
-            f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
-            f"  threshold  {op} {threshold:.3f}  ({self.check.direction}; set [tool.biascheck.thresholds] {self.check.name})",
-            f"  checks     {self.check.description}",
-            f"  fix        {self.fix()}",
-        ]
+    def explain(
+        self, measured: Measurement, threshold: float, op: str, origin: str, previous: float | None
+    ) -> CheckFailed:
+        """The failure: what was measured, against what, how sure, and what to run."""
+        if self.check.passes(measured.value, threshold):
+            settings = self.config.stash[STATE].settings
+            tolerance = settings.tolerances.get(self.check.name, settings.tolerance)
+            head = (
+                f"{measured.value:.3f} regressed from the baseline {previous:.3f} by more than the "
+                f"tolerance {tolerance:.3f} (threshold {op} {threshold:.3f} still holds)"
+            )
+        else:
+            head = f"{measured.value:.3f} does not meet {op} {threshold:.3f}"
+        return CheckFailed(
+            head,
+            [
+                f"{self.nodeid}: {head}",
+                f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
+                f"  threshold  {op} {threshold:.3f}  ({self.check.direction}; {origin})",
+                f"  checks     {self.check.description}",
+                f"  fix        {self.fix()}",
+            ],
+        )
 
     def fix(self) -> str:
         """The mitigation command for this model and target, ready to paste."""
-        path = str(self.model.path)
-        from pytest_biascheck.plugin import STATE
-
         state = self.config.stash[STATE]
-        data, _ = state.dataset(self.model)
-        return self.check.command(path, self.model.name, data, self.target, state.scope(self.model))
+        key = self.parent.key
+        data, _ = state.dataset(key)
+        return self.check.command(
+            str(self.model.path), self.model.name, data, self.target, state.scope(key)
+        )
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, CheckFailed):
-            return "\n".join(excinfo.value.lines)
-        if isinstance(excinfo.value, BiascheckError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        """The explanation, shaped by ``--tb``: a line each (``line``), without the check's
+        description (``short``), or whole; the one-line head is the crash message that the short
+        summary and JUnit XML show. Built from reprs that pytest-xdist can send."""
+        error = excinfo.value
+        if not isinstance(error, CheckFailed | BiascheckError):
+            return super().repr_failure(excinfo, style)
+        if isinstance(error, CheckFailed):
+            head, lines = error.head, error.lines
+        else:
+            head, lines = str(error), [str(error)]
+        tbstyle = style or self.config.getoption("tbstyle", "auto")
+        if tbstyle == "line":  # pytest prints the crash line of each failure, and nothing else
+            crash = ReprFileLocation(self.location[0], 0, f"{self.name}: {head}")
+            return ReprExceptionInfo(ReprTraceback([], None, "line"), crash)
+        if tbstyle == "short":
+            lines = [line for line in lines if not line.startswith("  checks ")]
+        text = "\n".join(lines) + "\n"
+        return ReprExceptionInfo(
+            ReprTraceback([ReprEntryNative([text])], None, "native"),
+            ReprFileLocation(self.location[0], 0, head),
+        )
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        # No dots in the domain: pytest would turn them into "::" in verbose lines.
-        return self.model.path, None, f"{self.model.name}::{self.name}"
+        # The domain is the item's name, as for a parametrized test: pytest heads each failure
+        # with it and rewrites dots before "[" into "::" in verbose lines, so no file name here.
+        return self.path, None, self.name
 
 
 def _interval(measured: Measurement) -> str:

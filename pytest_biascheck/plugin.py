@@ -1,29 +1,30 @@
-"""pytest entry point: options, model loading, check items, fixtures and the terminal summary."""
+"""pytest entry point: options, model loading, collection of model files, fixtures, outcomes
+gathered from reports (on the xdist controller too), the report, baseline and summaries."""
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import dataclass, field
+import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_biascheck import hookspecs
-from pytest_biascheck.baseline import read_baseline, write_baseline
+from pytest_biascheck import hookspecs, summary
+from pytest_biascheck.atomic import atomic_write_text
+from pytest_biascheck.baseline import match, read_baseline, write_baseline
 from pytest_biascheck.config import (
-    Settings,
     check_folder,
+    closest_hint,
     find_config,
     load_settings,
     option_type,
     validate_thresholds,
 )
-from pytest_biascheck.errors import BiascheckError
-
-STATE = pytest.StashKey["BiascheckState"]()
-#: The usage error an xdist worker stopped on (set in the controller).
-WORKER_ERROR = pytest.StashKey[str]()
+from pytest_biascheck.errors import BiascheckError, BiascheckWarning
+from pytest_biascheck.state import STATE, BiascheckState, node_path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,15 +39,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )  # fmt: skip
     group.addoption(
         "--biascheck-config", metavar="FILE", default=None,
-        help="settings file (default: biascheck.toml, else [tool.biascheck] in pyproject.toml)",
+        help="settings file (default: the nearest biascheck.toml or pyproject.toml with "
+        "[tool.biascheck], from the working folder up, then from the rootdir up)",
     )  # fmt: skip
     group.addoption(
         "--biascheck-report", metavar="DIR", default=None,
-        help="folder for the HTML/JSON report and the evaluation cache (default: reports/)",
+        help="folder for the HTML/JSON report and the evaluation cache (default: reports/ beside "
+        "the config file, else in the working folder)",
     )  # fmt: skip
     group.addoption(
         "--biascheck-baseline", metavar="FILE", default=None,
-        help="baseline JSON: fail checks that regress beyond their tolerance",
+        help="baseline JSON: fail checks that regress beyond their tolerance; checks that "
+        "failed in it are known failures (xfail) until they regress",
     )  # fmt: skip
     group.addoption(
         "--biascheck-save-baseline", metavar="FILE", default=None,
@@ -69,6 +73,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="images per batch in the evaluation pass (results do not depend on it)",
     )  # fmt: skip
     group.addoption(
+        "--biascheck-warn", action="append", default=[], metavar="CHECK",
+        help="report a failing CHECK as a warning instead of failing the run; repeat for several",
+    )  # fmt: skip
+    group.addoption(
+        "--biascheck-summary", metavar="FILE", default=None,
+        help="write a Markdown summary to FILE (also appended to $GITHUB_STEP_SUMMARY when set)",
+    )  # fmt: skip
+    group.addoption(
         "--biascheck-trust-pickle", action="store_true", default=False,
         help="allow model files holding pickled Python objects (they can run code: trusted files only)",
     )  # fmt: skip
@@ -76,108 +88,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
-
-
-@dataclass
-class BiascheckState:
-    """Everything the session knows about biascheck: settings, loaded models, data, cached results."""
-
-    settings: Settings
-    models: list[Any] = field(default_factory=list)
-    datasets: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    results: dict[str, Any] = field(default_factory=dict)
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    hook: Any = None
-    baseline: dict[str, float] = field(default_factory=dict)
-    report_dir: Path = Path("reports")
-    precomputed: Path | None = None
-    progress: bool = False
-    report: Path | None = None
-
-    def dataset(self, model: Any) -> tuple[str, Any]:
-        """(spec, dataset) a model is evaluated on: model setting, then global setting, then the default."""
-        if model.name not in self.datasets:
-            from pytest_biascheck.planning import data_for
-
-            extra = hookspecs.merged(self.hook.pytest_biascheck_datasets()) if self.hook else {}
-            self.datasets[model.name] = data_for(model, self.settings, extra)
-        return self.datasets[model.name]
-
-    def scope(self, model: Any) -> Any:
-        """What to check for a model: configured attributes/groups/regions, else the data's defaults."""
-        from pytest_biascheck.planning import plan_for
-
-        return plan_for(model, self.dataset(model)[1], self.settings)[0]
-
-    def results_for(self, model: Any) -> Any:
-        """Evaluate a model once: from ``--biascheck-results``, the on-disk cache, or one pass."""
-        if model.name not in self.results:
-            self.results[model.name] = self._evaluate(model)
-        return self.results[model.name]
-
-    def _evaluate(self, model: Any) -> Any:
-        from pytest_biascheck.evaluate import evaluate
-        from pytest_biascheck.planning import plan_for
-        from pytest_biascheck.store import cache_key, cached, load_results
-
-        spec, dataset = self.dataset(model)
-        if self.precomputed is not None:
-            results = load_results(self.precomputed)
-            if results.sha256 != model.sha256 or results.data != spec:
-                raise BiascheckError(
-                    f"results file {self.precomputed} was computed for another model or data "
-                    f"({results.model}, {results.data!r}); re-run python -m pytest_biascheck evaluate"
-                )
-            return results
-        _, plan = plan_for(model, dataset, self.settings)
-
-        def compute() -> Any:
-            return evaluate(
-                model, dataset, spec, plan, batch_size=self.settings.batch_size,
-                device=self.settings.device, progress=self.progress,
-            )  # fmt: skip
-
-        if not self.settings.cache or model.live:  # a live model's code may change, not its weights
-            return compute()
-        extra = {"task": model.spec.to_dict(), "arch": model.arch, "arch_kwargs": model.arch_kwargs}
-        extra["metadata"] = getattr(dataset, "sha256", None)  # a joined metadata CSV's bytes
-        key = cache_key(model.sha256, spec, plan, extra)
-        return cached(self.report_dir / ".cache" / f"{key}.json", compute)
-
-    def write_report(self, config: pytest.Config) -> Path | None:
-        """The HTML and JSON report of every evaluated model (nothing when no check ran)."""
-        from pytest_biascheck.report import library_versions, write_report
-
-        entries = [
-            {
-                "results": self.results[m.name],
-                "outcomes": [o for o in self.outcomes if o["model"] == m.name],
-                "model": {
-                    "name": m.name,
-                    "path": str(m.path),
-                    "sha256": m.sha256,
-                    "arch": m.arch,
-                    "provenance": m.provenance,
-                },
-                "scope": self.scope(m),
-            }
-            for m in self.models
-            if m.name in self.results
-        ]
-        if not entries:
-            return None
-        meta = {
-            "data": {m.name: self.dataset(m)[0] for m in self.models},
-            "config": {"source": self.settings.source, "thresholds": self.settings.thresholds},
-            "versions": library_versions(),
-        }
-        _, html = write_report(
-            entries,
-            self.report_dir,
-            meta,
-            modify=lambda doc: config.hook.pytest_biascheck_report(report=doc),
-        )
-        return html
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -190,64 +100,99 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.pluginmanager.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
     try:
-        config.stash[STATE] = _start(config, paths, live)
+        state = _start(config, paths, live)
     except BiascheckError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.stash[STATE] = state
     from pytest_biascheck.checks import catalogue
 
     for check in catalogue(config.pluginmanager.hook).values():
         config.addinivalue_line("markers", f"{check.name}: biascheck {check.name} items")
+    worker = hasattr(config, "workerinput")
+    if not worker:  # xdist workers would repeat them
+        for line in state.settings.unused_models({m.name for m in state.models.values()}):
+            config.issue_config_time_warning(BiascheckWarning(line), stacklevel=2)
+    if paths:
+        config.args = _collection_args(config, state)
+    config.pluginmanager.register(Gate(config, state, worker), "biascheck-gate")
 
 
 def _start(config: pytest.Config, paths: list[str], live: dict[str, Any]) -> BiascheckState:
-    """Read settings and load every model up front (files, and the ``live`` models of the
-    ``pytest_biascheck_models`` hook), so bad input stops the run before any test."""
+    """Read settings, load every model (files, and the ``live`` models of the
+    ``pytest_biascheck_models`` hook, keyed by name) and open its data up front, so that bad input
+    stops the run before any test."""
+    from pytest_biascheck.checks import catalogue
     from pytest_biascheck.files import check_file
+    from pytest_biascheck.model import live_model, load_checkpoint
 
-    for path in paths:
-        check_file(path, "model", "model file", "check the path given to --biascheck")
+    files: dict[str, Path] = {}
+    for given in paths:
+        check_file(given, "model", "model file", "check the path given to --biascheck")
+        files.setdefault(node_path(config.rootpath, Path(given)), Path(given))  # once per file
+    here = config.invocation_params.dir
     option = config.getoption("biascheck_config")
-    settings = load_settings(Path(option) if option else find_config(config.rootpath))
-    for key in ("data", "device", "batch_size"):
+    settings = load_settings(Path(option) if option else find_config(here, config.rootpath))
+    hook = config.pluginmanager.hook
+    checks = catalogue(hook)
+    warn = config.getoption("biascheck_warn")
+    for name in warn:
+        if name not in checks:
+            raise BiascheckError(
+                f"--biascheck-warn {name}: no such check; {closest_hint(name, checks)}"
+            )
+    settings.override("severity", dict.fromkeys(warn, "warn"))
+    if config.getoption("biascheck_data") is not None:
+        settings.override("data", config.getoption("biascheck_data"))
+    for key in ("device", "batch_size"):
         value = config.getoption(f"biascheck_{key}")
         if value is not None:
             setattr(settings, key, value)
-    from pytest_biascheck.checks import catalogue
-    from pytest_biascheck.model import live_model, load_checkpoint
-
-    hook = config.pluginmanager.hook
-    validate_thresholds(settings, catalogue(hook))
+    if config.getoption("biascheck_no_cache"):
+        settings.cache = False
+    validate_thresholds(settings, checks)
     architectures = hookspecs.merged(hook.pytest_biascheck_architectures())
-    stems = [Path(p).stem for p in paths] + list(live)
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise BiascheckError(
-            f"several models are named {duplicates[0]!r}; give each model file a distinct name"
-        )
-    models = [
-        load_checkpoint(
+    models = {
+        key: load_checkpoint(
             path,
             trust_pickle=config.getoption("biascheck_trust_pickle"),
             allow_imports=settings.allow_imports,
             architectures=architectures,
-            spec_overrides=settings.for_model(Path(path).stem).task,
+            spec_overrides=settings.for_model(path.stem).task,
         )
-        for path in paths
-    ]
-    models += [live_model(*_live_entry(name, entry), name) for name, entry in live.items()]
-    baseline_path = config.getoption("biascheck_baseline")
-    baseline = read_baseline(Path(baseline_path)) if baseline_path else {}
+        for key, path in files.items()
+    }
+    clash = sorted(set(live) & set(models))
+    if clash:
+        raise BiascheckError(
+            f"model {clash[0]!r} is both a file and a pytest_biascheck_models entry; rename one"
+        )
+    models |= {name: live_model(*_live_entry(name, entry), name) for name, entry in live.items()}
     option = config.getoption("biascheck_report")
-    report_dir = Path(option) if option else config.rootpath / settings.report
+    folder = Path(settings.source).parent if settings.source else here
+    report_dir = Path(option) if option else folder / settings.report
     check_folder(report_dir, "--biascheck-report" if option else "report")
-    if config.getoption("biascheck_no_cache"):
-        settings.cache = False
     results = config.getoption("biascheck_results")
-    progress = config.getoption("verbose") >= 0 and sys.stderr.isatty()
-    return BiascheckState(
-        settings, models, hook=hook, baseline=baseline, report_dir=report_dir,
-        precomputed=Path(results) if results else None, progress=progress,
+    state = BiascheckState(
+        settings, models, hook=hook, report_dir=report_dir,
+        precomputed=Path(results) if results else None,
+        progress=config.getoption("verbose") >= 0 and sys.stderr.isatty(),
     )  # fmt: skip
+    workerinput = getattr(config, "workerinput", {})
+    if "biascheck_session" in workerinput:  # xdist: evaluations go where the controller says
+        cache = workerinput["biascheck_cache"]
+        state.adopt(Path(cache) if cache else None, Path(workerinput["biascheck_session"]))
+    for key in models:
+        state.scope(key)
+        if state.precomputed is not None:
+            state.results_for(key)
+    option = config.getoption("biascheck_baseline")
+    if option:
+        planned = {
+            key: (m.name, [f"{c.name}[{t.id}]" for c, t in state.planned(key)])
+            for key, m in models.items()
+        }
+        state.baselines = match(read_baseline(Path(option)), planned, Path(option))
+    return state
 
 
 def _live_entry(name: str, entry: Any) -> tuple[Any, Any]:
@@ -260,89 +205,227 @@ def _live_entry(name: str, entry: Any) -> tuple[Any, Any]:
     return entry
 
 
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """``pytest --biascheck m.pt`` runs only the checks; name test paths to run your own tests too."""
-    paths = config.getoption("biascheck", None)
-    if STATE in config.stash and paths and not config.option.file_or_dir:
-        return True
-    return None
+def _collection_args(config: pytest.Config, state: BiascheckState) -> list[str]:
+    """What pytest collects: the model files, then the paths given, if any (``pytest --biascheck m.pt``
+    runs only the checks). A model is left out when a given path already holds it, or names it
+    (``m.pt::mask_score[Smiling-mouth]`` runs that item only)."""
+    given = list(config.option.file_or_dir or [])
+    here = config.invocation_params.dir
+    named = [Path(os.path.abspath(here / arg.partition("[")[0].split("::")[0])) for arg in given]
+    models = []
+    for model in state.models.values():
+        if model.live:
+            continue
+        path = Path(os.path.abspath(model.path))
+        if not any(path == p or p in path.parents for p in named):
+            models.append(str(path))
+    return models + given
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    """Put the check items of every model first, before -k/-m selection runs (hence tryfirst)."""
-    state = config.stash.get(STATE, None)
-    if state is None:
-        return
-    from pytest_biascheck.items import ModelCollector
+class Gate:
+    """The hooks of a run with ``--biascheck``: collection of the model files, outcomes gathered
+    from test reports, and, on the controller (not on xdist workers), the baseline, report and
+    summaries at the end."""
 
-    generated: list[pytest.Item] = []
-    for model in state.models:
-        try:
-            state.scope(model)
-            if state.precomputed is not None:
-                state.results_for(model)
-        except BiascheckError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        collector = ModelCollector.from_parent(
-            session, name=model.path.name, nodeid=model.path.name, model=model
+    def __init__(self, config: pytest.Config, state: BiascheckState, worker: bool) -> None:
+        self.config = config
+        self.state = state
+        self.worker = worker
+        self.worker_error: str | None = None  # the usage error an xdist worker stopped on
+
+    def pytest_report_header(self) -> list[str]:
+        state = self.state
+        source = state.settings.source or (
+            "none found (looked for biascheck.toml and [tool.biascheck] in pyproject.toml "
+            f"from {self.config.invocation_params.dir} and {self.config.rootpath} up); defaults"
         )
-        generated.extend(session.genitems(collector))
-    items[:0] = generated
+        lines = [f"biascheck: config {source}"]
+        for key in state.models:
+            spec, dataset = state.dataset(key)
+            lines.append(f"biascheck: {key}: data {spec} (test split, {len(dataset)} images)")
+        for key, saved in state.baselines.items():
+            lines.append(
+                f"biascheck: {key}: baseline {self.config.getoption('biascheck_baseline')} "
+                f"(model {saved.model}, {len(saved.checks)} checks)"
+            )
+        return lines
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> Any:
+        from pytest_biascheck.items import ModelFile
+
+        key = node_path(self.config.rootpath, file_path)
+        if key not in self.state.models or self.state.models[key].live:
+            return None
+        return ModelFile.from_parent(parent, path=file_path, key=key, nodeid=key)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[Any]) -> None:
+        """Live models have no file to collect: their items go first, before -k/-m selection
+        (hence tryfirst), named ``<name>::<check>[<target>]``."""
+        from pytest_biascheck.items import LiveModel
+
+        generated: list[pytest.Item] = []
+        for key, model in self.state.models.items():
+            if model.live:
+                collector = LiveModel.from_parent(session, name=key, nodeid=key, key=key)
+                generated.extend(session.genitems(collector))
+        items[:0] = generated
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        """Evaluate the model an item needs before the item starts (inside pytest's warning
+        capture), so bad data found only during evaluation (a truncated image, a decompression
+        bomb) is one usage error (exit 4) instead of one failed item per check. The item that
+        waited for the evaluation carries its time as the property ``evaluation_seconds``."""
+        key = self._model_of(item)
+        if key is None or key in self.state.results:
+            return
+        start = time.perf_counter()
+        try:
+            self.state.results_for(key)
+        except BiascheckError as exc:
+            if self.worker:  # xdist: the controller stops and exits 4
+                item.session.shouldstop = str(exc)
+                item.config.workeroutput["biascheck_error"] = str(exc)
+            raise pytest.UsageError(str(exc)) from None
+        item.user_properties.append(("evaluation_seconds", time.perf_counter() - start))
+
+    def _model_of(self, item: pytest.Item) -> str | None:
+        """The model (key) whose results an item reads: a check item's, or a user test's through
+        the ``biascheck_results`` fixture; None for other tests."""
+        from pytest_biascheck.items import CheckItem
+
+        if isinstance(item, CheckItem):
+            return item.parent.key
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "biascheck_results" in getattr(item, "fixturenames", ()):
+            model = callspec.params.get("biascheck_model")
+            return None if model is None else self.state.key_of(model)
+        return None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any) -> None:
+        """xdist controller: a worker that stopped on bad data (``pytest_runtest_protocol``) makes
+        the run a usage error."""
+        self.worker_error = getattr(node, "workeroutput", {}).get("biascheck_error") or (
+            self.worker_error
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A check item's outcome travels on its call report (plain data: xdist sends it along)."""
+        from pytest_biascheck.items import OUTCOME
+
+        report = yield
+        outcome = item.stash.get(OUTCOME, None)
+        if report.when == "call" and outcome is not None:
+            report.biascheck = outcome
+        return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        outcome = getattr(report, "biascheck", None)
+        if report.when == "call" and outcome and outcome["status"] == "warned":
+            return "warned", "W", ("WARNED", {"yellow": True})
+        return None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = getattr(report, "biascheck", None)
+        if outcome is None or report.when != "call" or self.worker:
+            return
+        outcome = dict(outcome)
+        index = outcome.pop("index")
+        self.state.record((list(self.state.models).index(outcome["path"]), index), outcome)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist: every worker stores and reads evaluations in one folder, so one of them
+        evaluates each model and the controller reads the results for the report."""
+        cache, session = self.state.share()
+        node.workerinput["biascheck_cache"] = "" if cache is None else str(cache)
+        node.workerinput["biascheck_session"] = str(session)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.worker:
+            return
+        if self.worker_error is not None:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        state = self.state
+        outcomes = state.ordered_outcomes()
+        path = self.config.getoption("biascheck_save_baseline")
+        if path:
+            self._side_effect(f"baseline {path}", write_baseline, Path(path), outcomes)
+        state.report = self._side_effect("report", state.write_report, self.config)
+        path = self.config.getoption("biascheck_summary")
+        if path:
+            report = None if state.report is None else str(state.report)
+            text = summary.markdown(outcomes, state.notes, report)
+            self._side_effect(f"summary {path}", _write, Path(path), text)
+            step = os.environ.get("GITHUB_STEP_SUMMARY")
+            if step:
+                self._side_effect(f"summary {step}", _append, Path(step), text)
+
+    def _side_effect(self, what: str, write: Any, *args: Any) -> Any:
+        """Write an output of the run; failing to is a note, never the run's exit code."""
+        try:
+            return write(*args)
+        except (OSError, BiascheckError) as exc:
+            reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+            self.state.notes.append(f"{what} not written ({reason})")
+            return None
+
+    def pytest_unconfigure(self) -> None:
+        self.state.cleanup()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """A table of every check that ran, the groups left out, notes, and the report's path."""
+        state = self.state
+        outcomes = state.ordered_outcomes()
+        if outcomes:
+            terminalreporter.section("biascheck summary")
+            for line in summary.table(outcomes):
+                terminalreporter.write_line(line)
+        excluded = self._excluded({o["path"] for o in outcomes})
+        if excluded:
+            terminalreporter.section("biascheck excluded groups")
+            for line in excluded[:MAX_EXCLUDED_LINES]:
+                terminalreporter.write_line(line)
+            if len(excluded) > MAX_EXCLUDED_LINES:
+                terminalreporter.write_line(
+                    f"... and {len(excluded) - MAX_EXCLUDED_LINES} more: table excluded_groups of the report"
+                )
+        for note in state.notes:
+            terminalreporter.write_line(f"biascheck: {note}", yellow=True)
+        if state.report is not None:
+            terminalreporter.write_line(f"report: {state.report}")
+
+    def _excluded(self, keys: set[str]) -> list[str]:
+        """The excluded-group lines of the models that ran: group values first, then cells."""
+        values, cells = [], []  # the group values first: each leaves every statistic
+        for key, model in self.state.models.items():
+            results = self.state.stored_results(key) if key in keys else None
+            if results is not None:
+                share = self.state.settings.min_share(model.name)
+                own_values, own_cells = summary.excluded_lines(model.path.name, results, share)
+                values += own_values
+                cells += own_cells
+        return values + cells
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Evaluate the model an item needs before the item starts (inside pytest's warning capture),
-    so bad data found only during evaluation (a truncated image, a decompression bomb) is one
-    usage error (exit 4) instead of one failed item per check."""
-    state = item.config.stash.get(STATE, None)
-    model = None if state is None else _model_of(item)
-    if model is None or model.name in state.results:
-        return
-    try:
-        state.results_for(model)
-    except BiascheckError as exc:
-        if hasattr(item.config, "workerinput"):  # xdist: the controller stops and exits 4
-            item.session.shouldstop = str(exc)
-            item.config.workeroutput["biascheck_error"] = str(exc)
-        raise pytest.UsageError(str(exc)) from None
+#: Excluded groups listed in the terminal; the report lists all.
+MAX_EXCLUDED_LINES = 20
 
 
-def _model_of(item: pytest.Item) -> Any:
-    """The model whose results an item reads: a check item's, or a user test's through the
-    ``biascheck_results`` fixture; None for other tests."""
-    from pytest_biascheck.items import CheckItem
-
-    if isinstance(item, CheckItem):
-        return item.model
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "biascheck_results" in getattr(item, "fixturenames", ()):
-        return callspec.params.get("biascheck_model")
-    return None
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: a worker that stopped on bad data (``pytest_runtest_protocol``) makes the run
-    a usage error."""
-    message = getattr(node, "workeroutput", {}).get("biascheck_error")
-    if message:
-        node.config.stash[WORKER_ERROR] = message
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if WORKER_ERROR in session.config.stash:
-        session.exitstatus = pytest.ExitCode.USAGE_ERROR
-    state = session.config.stash.get(STATE, None)
-    if state is None:
-        return
-    path = session.config.getoption("biascheck_save_baseline", None)
-    if path:
-        write_baseline(Path(path), state.outcomes)
-    state.report = state.write_report(session.config)
+def _append(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -356,94 +439,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             [pytest.param(None, marks=pytest.mark.skip(reason="needs --biascheck MODEL"))],
         )
         return
-    metafunc.parametrize(
-        "biascheck_model", state.models, ids=[m.name for m in state.models], scope="session"
-    )
+    models = list(state.models.values())
+    metafunc.parametrize("biascheck_model", models, ids=[m.name for m in models], scope="session")
 
 
 @pytest.fixture(scope="session")
 def biascheck_data(biascheck_model: Any, pytestconfig: pytest.Config) -> Any:
     """The evaluation dataset of the model under test (a ``BiasDataset``)."""
-    return pytestconfig.stash[STATE].dataset(biascheck_model)[1]
+    state = pytestconfig.stash[STATE]
+    return state.dataset(state.key_of(biascheck_model))[1]
 
 
 @pytest.fixture(scope="session")
 def biascheck_results(biascheck_model: Any, pytestconfig: pytest.Config) -> Any:
     """The model's evaluation ``Results`` (pandas tables), computed once and shared with the check items."""
-    return pytestconfig.stash[STATE].results_for(biascheck_model)
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """A table of every check that ran: value, threshold and status."""
-    state = config.stash.get(STATE, None)
-    if state is None or not state.outcomes:
-        return
-    terminalreporter.section("biascheck summary")
-    header = ("check", "value", "95% CI", "threshold", "status", "baseline")
-    if all(o["baseline"] is None for o in state.outcomes):
-        header = header[:-1]  # no baseline given: no empty column
-    rows = [header] + [
-        (
-            o["item"],
-            f"{o['value']:.3f}",
-            f"{o['low']:.3f}-{o['high']:.3f}",
-            f"{o['op']} {o['threshold']:.3f}",
-            o["status"],
-            "" if o["baseline"] is None else f"{o['baseline']:.3f} {o['change'] or 'unchanged'}",
-        )[: len(header)]
-        for o in state.outcomes
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        terminalreporter.write_line(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        )
-    values, cells = [], []  # the group values first: each leaves every statistic
-    for model in state.models:
-        if model.name in state.results:
-            own_values, own_cells = excluded_lines(state, model)
-            values += own_values
-            cells += own_cells
-    excluded = values + cells
-    if excluded:
-        terminalreporter.section("biascheck excluded groups")
-        for line in excluded[:MAX_EXCLUDED_LINES]:
-            terminalreporter.write_line(line)
-        if len(excluded) > MAX_EXCLUDED_LINES:
-            terminalreporter.write_line(
-                f"... and {len(excluded) - MAX_EXCLUDED_LINES} more: table excluded_groups of the report"
-            )
-    if state.report is not None:
-        terminalreporter.write_line(f"report: {state.report}")
-
-
-#: Excluded groups listed in the terminal; the report lists all.
-MAX_EXCLUDED_LINES = 20
-
-
-def excluded_lines(state: BiascheckState, model: Any) -> tuple[list[str], list[str]]:
-    """Lines for the group values, and for the label x group cells, that held under
-    ``min_group_share`` of a model's images and were left out of its group statistics."""
-    results = state.results[model.name]
-    table = results.tables.get("excluded_groups")
-    if table is None or table.empty:
-        return [], []
-    share = f"{state.settings.min_share(model.name):.1%}"
-    values = table[table["label"] == -1].drop_duplicates(["group", "value"])
-    lines = [
-        f"{model.path.name}: {r.group} = {r.level}: n={r.n} ({r.share:.1%} < {share}), "
-        "left out of every group statistic"
-        for r in values.itertuples()
-    ]
-    cells = []
-    plan = results.plan
-    for r in table[table["label"] >= 0].itertuples():
-        if plan is not None and r.attribute == plan.task:
-            label = f"{r.attribute} = {plan.attributes[r.label]}"
-        else:
-            label = f"{r.attribute} y={r.label}"
-        cells.append(
-            f"{model.path.name}: {label} in {r.group} = {r.level}: n={r.n} ({r.share:.1%} < "
-            f"{share}), left out of worst-group accuracy and the rates it defines"
-        )
-    return lines, cells
+    state = pytestconfig.stash[STATE]
+    return state.results_for(state.key_of(biascheck_model))

@@ -79,12 +79,11 @@ def test_the_hook_gates_a_live_model_like_its_file(pytester, tmp_path):
         f"--biascheck={path}", *common, "--biascheck-save-baseline=file.json"
     )
     assert from_file.ret == live.ret
-    values = [
-        json.loads((pytester.path / f).read_text())["values"] for f in ("live.json", "file.json")
-    ]
-    live_values, file_values = ({k.split("::", 1)[1]: v for k, v in d.items()} for d in values)
-    assert set(values[0]) == {f"net::{k}" for k in live_values} and len(live_values) >= 5
-    assert live_values == file_values
+    (live_saved,), (file_saved,) = (
+        json.loads((pytester.path / f).read_text())["models"] for f in ("live.json", "file.json")
+    )
+    assert (live_saved["model"], live_saved["path"], file_saved["model"]) == ("net", "net", "net")
+    assert len(live_saved["checks"]) >= 5 and live_saved["checks"] == file_saved["checks"]
 
 
 def test_a_live_model_that_does_not_fit_its_spec_is_a_usage_error(pytester):

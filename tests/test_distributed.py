@@ -21,7 +21,7 @@ from pytest_biascheck.distributed import gather_pass, shard_indices
 from pytest_biascheck.evaluate import evaluate, finish, run_pass
 from pytest_biascheck.model import load_checkpoint
 from pytest_biascheck.planning import plan_for
-from pytest_biascheck.plugin import BiascheckState
+from pytest_biascheck.state import BiascheckState
 from pytest_biascheck.store import load_results, save_results
 from tests.test_store import assert_results_match
 
@@ -88,7 +88,8 @@ def test_cli_results_are_the_plugins_results(tmp_path, tiny_checkpoint, config):
     assert main(cli(tiny_checkpoint, "synthfaces:n=20", tmp_path / "cli.json", config)) == 0
     settings = load_settings(config)
     settings.data = "synthfaces:n=20"
-    plugin = BiascheckState(settings).results_for(load_checkpoint(tiny_checkpoint))
+    state = BiascheckState(settings, {"tiny.pt": load_checkpoint(tiny_checkpoint)})
+    plugin = state.results_for("tiny.pt")
     assert_results_match(load_results(tmp_path / "cli.json"), plugin)
 
 

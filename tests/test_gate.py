@@ -17,8 +17,8 @@ def gate(pytester: pytest.Pytester, name: str) -> tuple[pytest.RunResult, dict[s
     statuses = {}
     for line in result.stdout.lines:
         for status in ("PASSED", "FAILED"):
-            if line.startswith(status + " "):
-                statuses[line.split()[1]] = status
+            if line.startswith(status + " "):  # ids start with the path from the rootdir: drop it
+                statuses[line.split()[1].rsplit("/", 1)[-1]] = status
     return result, statuses
 
 

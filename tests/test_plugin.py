@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import re
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tiny
+from tests.conftest import FIXED_CHECK, FIXED_CONFIG, TINY_DATA, make_tiny, valid_report
 
 DATA = "--biascheck-data=synthfaces:n=64"
 
@@ -38,7 +43,7 @@ def test_help_shows_the_biascheck_group(pytester: pytest.Pytester):
     assert "bias checks of vision models (biascheck)" in text
     for option in ("--biascheck=PATH", "--biascheck-data=SPEC", "--biascheck-config=FILE", "--biascheck-report=DIR",
                    "--biascheck-baseline=FILE", "--biascheck-device=DEVICE", "--biascheck-batch-size=N",
-                   "--biascheck-trust-pickle"):  # fmt: skip
+                   "--biascheck-warn=CHECK", "--biascheck-summary=FILE", "--biascheck-trust-pickle"):  # fmt: skip
         assert option in text
 
 
@@ -101,7 +106,7 @@ def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytes
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "*accuracy of Smiling: 0.* does not meet >= 0.990",
+            "alpha.pt::accuracy?Smiling?: 0.* does not meet >= 0.990",
             "*value      0.*(95% CI 0.*-0.*, n=64 images)",
             "*threshold  >= 0.990*",
             "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt --data synthfaces:n=64 --attributes Smiling",
@@ -157,34 +162,6 @@ def test_only_checks_run_unless_test_paths_are_named(pytester: pytest.Pytester, 
     )
     ids = [line for line in result.stdout.lines if "::" in line]
     assert "test_own.py::test_own" in ids and "alpha.pt::accuracy[Male]" in ids
-
-
-def test_baseline_regression_fails_even_when_threshold_holds(pytester: pytest.Pytester, models):
-    pytester.makefile(".toml", biascheck="checks = ['accuracy']\n[thresholds]\naccuracy = 0.0\n")
-    args = [f"--biascheck={models[0]}", DATA, "-k", "Smiling", "-p", "no:cacheprovider"]
-    result = pytester.runpytest(*args, "--biascheck-save-baseline=base.json")
-    result.assert_outcomes(passed=1)
-    result.stdout.re_match_lines([r"check +value +95% CI +threshold +status$"])  # no baseline yet
-    saved = json.loads((pytester.path / "base.json").read_text())
-    value = saved["values"]["alpha.pt::accuracy[Smiling]"]
-    result = pytester.runpytest(*args, "--biascheck-baseline=base.json")
-    result.assert_outcomes(passed=1)
-    result.stdout.re_match_lines([r"check +value +95% CI +threshold +status +baseline$"])
-    result.stdout.fnmatch_lines([f"*{value:.3f} unchanged"])
-    saved["values"]["alpha.pt::accuracy[Smiling]"] = value + 0.2
-    (pytester.path / "worse.json").write_text(json.dumps(saved))
-    result = pytester.runpytest(*args, "--biascheck-baseline=worse.json")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [f"*regressed from the baseline {value + 0.2:.3f} by more than the tolerance 0.020*"]
-    )
-    saved["values"]["alpha.pt::accuracy[Smiling]"] = value - 0.2
-    (pytester.path / "better.json").write_text(json.dumps(saved))
-    result = pytester.runpytest(*args, "--biascheck-baseline=better.json")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"*{value - 0.2:.3f} improved"])
-    result = pytester.runpytest(*args, "--biascheck-baseline=missing.json")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_user_tests_get_fixtures_and_assertion_helpers(pytester: pytest.Pytester, models):
@@ -346,3 +323,332 @@ def test_bad_data_under_xdist_is_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*data/list.csv line 4: image data/2.png cannot be decoded*"])
     assert "failed" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
+
+
+# --- habits of a pytest user: xdist, config discovery, outputs, exit codes -----------------------
+
+#: Appended to the "fixed" conftest: every evaluation pass, in any process, adds a line to a file.
+COUNT_EVALUATIONS = """
+import pytest_biascheck.evaluate as _evaluate
+
+_run_pass = _evaluate.run_pass
+
+
+def _counted(*args, **kwargs):
+    with Path(__file__).with_name("evaluations.txt").open("a") as fh:
+        fh.write(args[0].path.name + "\\n")
+    return _run_pass(*args, **kwargs)
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # only xdist workers, never the in-process controller
+        _evaluate.run_pass = _counted
+"""
+BOTH = ("--biascheck=alpha.pt", "--biascheck=beta.pt", TINY_DATA)
+
+
+@pytest.mark.parametrize("workers", ["2", "4"])
+def test_xdist_evaluates_each_model_once_and_the_controller_reports_every_check(
+    pytester: pytest.Pytester, fixed_values, workers
+):
+    pytester.makeconftest(FIXED_CHECK + COUNT_EVALUATIONS)
+    extra = ["--biascheck-no-cache"] if workers == "4" else []  # the cache, or a shared temp folder
+    result = pytester.runpytest(
+        *BOTH, "-n", workers, "-p", "no:cacheprovider", "--junitxml=out.xml", *extra
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()  # not INTERNALERROR
+    result.assert_outcomes(passed=4, failed=2)
+    evaluated = (pytester.path / "evaluations.txt").read_text().split()
+    assert sorted(evaluated) == ["alpha.pt", "beta.pt"]
+    ids = [f"{m}.pt::fixed[{a}]" for m in ("alpha", "beta") for a in ("Smiling", "Male", "Young")]
+    result.stdout.re_match_lines(
+        [r"check +value +95% CI +threshold +status$"]
+        + [rf"{re.escape(i)} +0\.\d+ .*(passed|FAILED)$" for i in ids]
+        + [r"report: .*biascheck\.html$"]
+    )
+    report = valid_report(pytester.path / "reports" / "biascheck.json")
+    assert [c["item"] for m in report["models"] for c in m["checks"]] == ids
+    assert report["summary"] == {"passed": 4, "failed": 2, "warned": 0, "xfailed": 0, "total": 6}
+    junit = pytester.path.joinpath("out.xml").read_text()
+    assert junit.count('<property name="value"') == 6
+    assert not list(pytester.path.glob("**/biascheck-*"))  # the temporary folder is gone
+
+
+def test_config_in_the_working_folder_is_read_when_the_model_lives_elsewhere(
+    pytester: pytest.Pytester, tiny_checkpoint
+):
+    elsewhere = pytester.mkdir("elsewhere")
+    shutil.copy(tiny_checkpoint, elsewhere / "alpha.pt")
+    (elsewhere / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")  # a project root
+    work = pytester.mkdir("work")
+    (work / "biascheck.toml").write_text(
+        'checks = ["accuracy"]\n[models.alpha]\nattributes = ["Smiling", "Male", "Young"]\n'
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        result = pytester.runpytest(
+            "--biascheck", str(elsewhere / "alpha.pt"), TINY_DATA, "--collect-only"
+        )
+    result.stdout.fnmatch_lines([f"biascheck: config {work / 'biascheck.toml'}"])
+    items = re.findall(r"<CheckItem (\S+)>", result.stdout.str())
+    assert items == ["accuracy[Smiling]", "accuracy[Male]", "accuracy[Young]"]
+
+
+def test_nearest_config_walking_up_and_biascheck_config_wins(
+    pytester: pytest.Pytester, fixed_values
+):
+    pytester.makeini("[pytest]\n")  # the rootdir, so that its conftest.py (check "fixed") loads
+    deeper = pytester.mkdir("deeper")
+    (deeper / "own.toml").write_text('checks = ["fixed"]\n[models.alpha]\nattributes = ["Male"]\n')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(deeper)
+        found = pytester.runpytest("--biascheck=../alpha.pt", TINY_DATA, "--collect-only", "-q")
+        named = pytester.runpytest(
+            "--biascheck=../alpha.pt", TINY_DATA, "--biascheck-config=own.toml", "--collect-only"
+        )
+    assert [line for line in found.stdout.lines if "::" in line] == [
+        "alpha.pt::fixed[Smiling]", "alpha.pt::fixed[Male]", "alpha.pt::fixed[Young]"
+    ]  # node ids are relative to the rootdir  # fmt: skip
+    named.stdout.fnmatch_lines(["biascheck: config own.toml", "*<CheckItem fixed?Male?>"])
+    named.stdout.no_fnmatch_line("*<CheckItem fixed?Smiling?>")
+
+
+def test_both_config_files_in_one_folder_is_a_usage_error(pytester: pytest.Pytester, fixed_values):
+    pytester.makepyprojecttoml('[tool.biascheck]\nchecks = ["fixed"]\n')
+    result = pytester.runpytest("--biascheck=alpha.pt", TINY_DATA)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR")]
+    assert errors == [
+        f"ERROR: both {pytester.path / 'biascheck.toml'} and [tool.biascheck] in "
+        f"{pytester.path / 'pyproject.toml'} configure biascheck; keep one, or name the one to "
+        "use with --biascheck-config"
+    ]
+
+
+def test_a_section_naming_no_model_of_the_run_warns_with_the_closest_name(
+    pytester: pytest.Pytester, fixed_values
+):
+    pytester.makefile(
+        ".toml", biascheck='checks = ["fixed"]\n[models.alhpa]\nattributes = ["Male"]\n'
+    )
+    result = pytester.runpytest("--biascheck=alpha.pt", TINY_DATA, "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "*BiascheckWarning: *biascheck.toml: ?models.alhpa? names no model of this run, so it "
+            "is not used (models are keyed by file stem); did you mean 'alpha'?"
+        ]
+    )
+
+
+def test_command_line_data_overrides_a_models_data(pytester: pytest.Pytester, fixed_values):
+    pytester.makefile(
+        ".toml", biascheck=FIXED_CONFIG + 'data = "synthfaces:n=32"\n'
+    )  # [models.beta]
+    result = pytester.runpytest(*BOTH, "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "biascheck: alpha.pt: data synthfaces:n=64 (test split, 64 images)",
+            "biascheck: beta.pt: data synthfaces:n=64 (test split, 64 images)",
+        ]
+    )
+    report = json.loads((pytester.path / "reports" / "biascheck.json").read_text())
+    assert [(m["name"], m["n_images"]) for m in report["models"]] == [("alpha", 64), ("beta", 64)]
+    result = pytester.runpytest("--biascheck=beta.pt", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        ["biascheck: beta.pt: data synthfaces:n=32 (test split, 32 images)"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "where"),
+    [
+        ("biascheck.toml", "[thresholds]\nfixed = 0.6\n", "fixed in [[]thresholds] of *biascheck.toml"),
+        ("pyproject.toml", "[tool.biascheck.models.alpha.thresholds]\nfixed = 0.6\n",
+         "fixed in [[]tool.biascheck.models.alpha.thresholds] of *pyproject.toml"),
+    ],
+)  # fmt: skip
+def test_failure_text_names_the_config_file_and_table_to_change(
+    pytester: pytest.Pytester, fixed_values, file, text, where
+):
+    (pytester.path / "biascheck.toml").unlink()
+    head = "[tool.biascheck]\n" if file == "pyproject.toml" else ""
+    body = FIXED_CONFIG.replace("[models.", "[tool.biascheck.models." if head else "[models.")
+    (pytester.path / file).write_text(head + body.replace(head, "") + text)
+    result = pytester.runpytest("--biascheck=alpha.pt", TINY_DATA, "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"  threshold  >= 0.600  (min; {where})"])
+
+
+def test_report_folder_is_beside_the_config_else_in_the_working_folder(
+    pytester: pytest.Pytester, fixed_values
+):
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\n")  # the rootdir is pytester.path
+    (pytester.path / "biascheck.toml").unlink()
+    project = pytester.mkdir("project")
+    deeper = pytester.mkdir("project/deeper")
+    (project / "biascheck.toml").write_text('report = "out"\n' + FIXED_CONFIG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(deeper)
+        pytester.runpytest("--biascheck=../../alpha.pt", TINY_DATA).assert_outcomes(
+            failed=1, passed=2
+        )
+        assert (project / "out" / "biascheck.json").is_file()
+        (project / "biascheck.toml").unlink()
+        result = pytester.runpytest("--biascheck=../../alpha.pt", TINY_DATA)
+        assert (deeper / "reports" / "biascheck.json").is_file()
+    result.stdout.fnmatch_lines(
+        [
+            "biascheck: config none found (looked for biascheck.toml and ?tool.biascheck? in "
+            f"pyproject.toml from {deeper} and {pytester.path} up); defaults"
+        ]
+    )
+    assert not (pytester.path / "reports").exists()
+
+
+def test_unwritable_report_and_cache_folders_warn_and_leave_the_exit_code(
+    pytester: pytest.Pytester, fixed_values, monkeypatch
+):
+    locked = pytester.mkdir("locked")
+    (locked / "reports").mkdir()
+
+    def refuse(make):  # a read-only folder, even for root: no file can be made inside it
+        def made(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve().is_relative_to(locked):
+                raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+            return make(*args, dir=dir, **kwargs)
+
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse(tempfile.mkstemp))
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse(tempfile.TemporaryFile))
+    fixed_values(Male=0.6)  # every check passes
+    result = pytester.runpytest(
+        "--biascheck=alpha.pt", TINY_DATA, "--biascheck-report=locked/reports",
+        "--biascheck-save-baseline=locked/b.json", "--biascheck-summary=locked/s.md",
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "biascheck: cache folder locked/reports/.cache cannot be written (Permission denied): "
+            "evaluated without the cache; pass --biascheck-report DIR or --biascheck-no-cache",
+            "biascheck: baseline locked/b.json not written (Permission denied: locked)",
+            "biascheck: report not written (Permission denied: locked/reports)",
+            "biascheck: summary locked/s.md not written (Permission denied: locked)",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert sorted(p.name for p in locked.rglob("*")) == [
+        ".cache",
+        "reports",
+    ]  # nothing half-written
+
+
+def test_the_same_model_twice_is_checked_once(pytester: pytest.Pytester, fixed_values):
+    result = pytester.runpytest(
+        "--biascheck=alpha.pt", f"--biascheck={pytester.path / 'alpha.pt'}", TINY_DATA, "-v"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+
+
+def test_models_of_one_name_in_different_folders_are_checked_apart(
+    pytester: pytest.Pytester, fixed_values
+):
+    for run, source in (("1", "alpha.pt"), ("2", "beta.pt")):
+        (pytester.path / "runs" / run).mkdir(parents=True)
+        shutil.copy(pytester.path / source, pytester.path / "runs" / run / "alpha.pt")
+    result = pytester.runpytest(
+        "--biascheck=runs/1/alpha.pt", "--biascheck=runs/2/alpha.pt", TINY_DATA, "-v"
+    )
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        ["runs/1/alpha.pt::fixed?Male? FAILED*", "runs/2/alpha.pt::fixed?Male? FAILED*"],
+        consecutive=False,
+    )
+    report = json.loads((pytester.path / "reports" / "biascheck.json").read_text())
+    assert [(m["path"], m["sha256"]) for m in report["models"]] == [
+        ("runs/1/alpha.pt", sha256(pytester.path / "alpha.pt")),
+        ("runs/2/alpha.pt", sha256(pytester.path / "beta.pt")),
+    ]
+
+
+def literal(text: str) -> str:
+    """``text`` as an fnmatch pattern that matches it exactly where it holds brackets."""
+    return text.replace("[", "[[]")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_warn_severity_reports_without_failing(pytester: pytest.Pytester, fixed_values):
+    result = pytester.runpytest("--biascheck=alpha.pt", TINY_DATA, "--biascheck-warn=fixed", "-v")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["alpha.pt::fixed?Male? WARNED*", "alpha.pt::fixed?Male? *0.200 *>= 0.500 *warned",
+         "*2 passed*1 warned*"]
+    )  # fmt: skip
+    report = valid_report(pytester.path / "reports" / "biascheck.json")
+    assert report["summary"] == {"passed": 2, "failed": 0, "warned": 1, "xfailed": 0, "total": 3}
+    pytester.makefile(".toml", biascheck=FIXED_CONFIG + "[models.alpha.severity]\nfixed = 'warn'\n")
+    outcomes = pytester.runpytest(*BOTH).parseoutcomes()  # beta's Male still fails
+    assert (outcomes["passed"], outcomes["failed"], outcomes["warned"]) == (4, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "error"),
+    [
+        (["--biascheck-warn=fixd"], "", "ERROR: --biascheck-warn fixd: no such check; did you mean 'fixed'?"),
+        ([], "severity = { fixed = 'loud' }\n",
+         "ERROR: *biascheck.toml: severity.fixed must be \"fail\" or \"warn\", got 'loud'"),
+    ],
+)  # fmt: skip
+def test_bad_severity_is_a_usage_error(
+    pytester: pytest.Pytester, fixed_values, args, config, error
+):
+    pytester.makefile(".toml", biascheck=config + FIXED_CONFIG)
+    result = pytester.runpytest("--biascheck=alpha.pt", TINY_DATA, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([error])
+
+
+def test_markdown_summary_is_written_and_appended_to_the_github_step_summary(
+    pytester: pytest.Pytester, fixed_values, monkeypatch
+):
+    step = pytester.path / "step.md"
+    step.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    pytester.runpytest(*BOTH, "--biascheck-summary=out/summary.md", "--biascheck-warn=fixed")
+    text = (pytester.path / "out" / "summary.md").read_text()
+    assert text.startswith("### biascheck: 2 warned, 4 passed\n")
+    assert "| warned | `alpha.pt::fixed[Male]` | 0.200 | 0.150 to 0.250 | >= 0.500 |" in text
+    assert "- `beta.pt::fixed[Male]` (warned): `fix --model beta.pt --attribute Male`" in text
+    assert step.read_text() == "earlier step\n" + text
+
+
+#: Appended to the "fixed" conftest: a live model, handed over in Python (no file).
+LIVE_MODEL = """
+import torch
+
+from pytest_biascheck.model import ModelSpec
+from pytest_biascheck.nets import SmallResNet
+
+
+def pytest_biascheck_models(config):
+    torch.manual_seed(0)
+    net = SmallResNet(3, widths=(8, 8, 8, 8)).eval()
+    return {"gamma": (net, ModelSpec(("Smiling", "Male", "Young"), (3, 32, 32)))}
+"""
+
+
+def test_xdist_evaluates_a_live_model_once_and_reports_it(pytester: pytest.Pytester, fixed_values):
+    pytester.makeconftest(FIXED_CHECK + COUNT_EVALUATIONS + LIVE_MODEL)
+    pytester.makefile(".toml", biascheck=FIXED_CONFIG.replace("beta", "gamma"))
+    result = pytester.runpytest(TINY_DATA, "-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    assert (pytester.path / "evaluations.txt").read_text().split() == ["gamma"]
+    result.stdout.fnmatch_lines([literal("gamma::fixed[Male]     0.200*FAILED")])
+    report = valid_report(pytester.path / "reports" / "biascheck.json")
+    assert [c["item"] for m in report["models"] for c in m["checks"]] == [
+        f"gamma::fixed[{a}]" for a in ("Smiling", "Male", "Young")
+    ]
+    assert not list(pytester.path.glob("reports/.cache/*.json"))  # a live model is never cached

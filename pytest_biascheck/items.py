@@ -115,24 +115,18 @@ class CheckItem(pytest.Item):
         tolerance = settings.tolerances.get(self.check.name, settings.tolerance)
         before = None if previous is None else previous.value
         change = compare(measured.value, before, self.check.direction, tolerance)
-        known = previous is not None and not previous.passed and change != "regressed"
+        known = previous is not None and not previous.passed
         known = known and not self.config.getoption("runxfail")  # "as if they were not marked"
+        severity = settings.severity_of(name, self.check.name)
+        status = status_of(met, change, known, severity)
         op = ">=" if self.check.direction == "min" else "<="
-        if met and change != "regressed":
-            status = "passed"
-        elif not met and known:
-            status = "xfailed"
-        elif settings.severity_of(name, self.check.name) == "warn":
-            status = "warned"
-        else:
-            status = "FAILED"
         self.stash[OUTCOME] = {
             "item": self.nodeid, "key": self.name, "path": key, "model": name,
             "check": self.check.name, "attribute": self.target.attribute, "other": self.target.other,
             "value": float(measured.value), "low": float(measured.low), "high": float(measured.high),
             "n": int(measured.n), "threshold": float(threshold), "op": op,
             "direction": self.check.direction, "met": met, "status": status,
-            "severity": settings.severity_of(name, self.check.name), "recipe": self.fix(),
+            "severity": severity, "recipe": self.fix(),
             "baseline": before, "change": change,
             "description": self.check.description, "index": self.index,
         }  # fmt: skip
@@ -218,6 +212,14 @@ class CheckItem(pytest.Item):
         # The domain is the item's name, as for a parametrized test: pytest heads each failure
         # with it and rewrites dots before "[" into "::" in verbose lines, so no file name here.
         return self.path, None, self.name
+
+
+def status_of(met: bool, change: str | None, known: bool, severity: str) -> str:
+    """passed (threshold met, no regression), xfailed (a known failure of the baseline that did
+    not regress), warned (a failure of a "warn" check) or FAILED."""
+    if change != "regressed" and (met or known):
+        return "passed" if met else "xfailed"
+    return "warned" if severity == "warn" else "FAILED"
 
 
 def _interval(measured: Measurement) -> str:

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_biascheck.items import status_of
 from tests.conftest import TINY_DATA
 
 ALPHA = ("--biascheck=alpha.pt", TINY_DATA)
@@ -162,3 +163,22 @@ def test_junitxml_carries_the_measurement_and_the_evaluation_time(
     failure = by_name["fixed[Male]"].find("failure")
     assert failure.get("message") == "0.200 does not meet >= 0.500"
     assert "fix        fix --model alpha.pt --attribute Male" in failure.text
+
+
+@pytest.mark.parametrize(
+    ("met", "change", "known", "severity", "status"),
+    [
+        (True, None, False, "fail", "passed"),
+        (True, "improved", True, "fail", "passed"),  # a known failure fixed
+        (True, "regressed", False, "fail", "FAILED"),  # threshold holds, baseline does not
+        (True, "regressed", False, "warn", "warned"),
+        (False, None, False, "fail", "FAILED"),
+        (False, None, False, "warn", "warned"),
+        (False, None, True, "fail", "xfailed"),
+        (False, "improved", True, "fail", "xfailed"),
+        (False, "regressed", True, "fail", "FAILED"),  # a known failure got worse
+        (False, "regressed", True, "warn", "warned"),
+    ],
+)
+def test_status_of_each_combination(met, change, known, severity, status):
+    assert status_of(met, change, known, severity) == status

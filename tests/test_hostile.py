@@ -268,10 +268,11 @@ def run_end(end: str, built: Built, pytester: pytest.Pytester, capsys) -> tuple[
     if end == "recipe":
         from mitigations.__main__ import main as recipe_main
 
+        # one folder serves as training and evaluation data: the split rule is tested elsewhere
         code = recipe_main(
             ["roi-iou", "--model", built.model, "--out", "out.pt", "--data", built.data,
-             "--eval-data", built.data, "--attribute", "Smiling", "--region", "mouth",
-             "--max-steps", "1", "--batch-size", "4", *config]
+             "--eval-data", built.data, "--attribute", "Smiling", "--region", "box:mouth",
+             "--max-steps", "1", "--batch-size", "4", "--train-on-eval-images", *config]
         )  # fmt: skip
     elif end == "layers":
         code = biascheck_main(["layers", built.model, *config])

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_biascheck.checks import catalogue
+from pytest_biascheck.checks import catalogue, selected
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.distributed import gather_pass, shard_indices
@@ -54,12 +54,8 @@ def run_checks(
     own = settings.for_model(name)
     wanted = own.checks or settings.checks
     outcomes = []
-    for check in catalogue(hook).values():
-        if not (check.name in wanted if wanted else check.default):
-            continue
-        threshold = own.thresholds.get(
-            check.name, settings.thresholds.get(check.name, check.threshold)
-        )
+    for check in selected(catalogue(hook), wanted):
+        threshold, _ = settings.threshold(name, check.name, check.threshold)
         for target in check.targets(scope):
             measured = check.measure(results, target, scope)
             status = "passed" if check.passes(measured.value, threshold) else "FAILED"

@@ -242,8 +242,8 @@ def measure(results: Results, primary: Sequence[str], spurious: Sequence[str]) -
     variation, and for each primary attribute across it the KL between the groups' prediction
     distributions (largest ordered pair), the accuracy gap, equalized odds and worst-group accuracy."""
     out: dict[str, Any] = {"leakage": {}, "groups": {}}
-    if "leakage" in results.tables:
-        table = results.tables["leakage"].set_index("group")
+    if "feature_leakage" in results.tables:
+        table = results.tables["feature_leakage"].set_index("group")
         for name in spurious:
             if name in table.index:
                 out["leakage"][name] = {
@@ -257,7 +257,11 @@ def measure(results: Results, primary: Sequence[str], spurious: Sequence[str]) -
             if rows.empty:
                 continue
             stats = dict(zip(rows["stat"], rows["value"].astype(float), strict=True))
-            kl = divergence[(divergence["attribute"] == a) & (divergence["group"] == g)]["kl"]
+            kl = divergence[
+                (divergence["attribute"] == a)
+                & (divergence["group"] == g)
+                & (divergence["label"] < 0)
+            ]["kl"]  # the paper's KL: over all images
             out["groups"][f"{a}-{g}"] = {
                 "kl": float(kl.max()) if len(kl) else float("nan"),
                 **{
@@ -401,7 +405,7 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
         measure=lambda results: measure(results, primary, spurious),
         compare=compare,
         protected=tuple(spurious),
-        checks=("leakage", "prediction_kl"),
+        checks=("leakage", "feature_leakage", "prediction_kl"),
     )
 
 

@@ -26,7 +26,7 @@ from mitigations.recipe import Job, Recipe, Setup, dataset_labels, label_columns
 from mitigations.train import TrainConfig, Trained, config_facts, fingerprint, train
 from pytest_biascheck import files, hookspecs
 from pytest_biascheck.atomic import atomic_write_text
-from pytest_biascheck.checks import catalogue
+from pytest_biascheck.checks import catalogue, selected
 from pytest_biascheck.config import Settings, find_config, load_settings, validate_thresholds
 from pytest_biascheck.data import default_spec
 from pytest_biascheck.data.base import BiasDataset
@@ -104,7 +104,7 @@ def with_checks(settings: Settings, name: str, extra: Sequence[str], hook: Any) 
     if unknown:
         raise ValueError(f"Setup.checks names unknown checks: {', '.join(unknown)}")
     own = settings.for_model(name)
-    wanted = own.checks or settings.checks or [c.name for c in known.values() if c.default]
+    wanted = [c.name for c in selected(known, own.checks or settings.checks)]
     checks = [*wanted, *(c for c in extra if c not in wanted)]
     models = {**settings.models, name: dataclasses.replace(own, checks=checks)}
     return dataclasses.replace(settings, models=models)
@@ -188,7 +188,7 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
         inputs.plan = dataclasses.replace(
             inputs.plan,
             protected={**inputs.plan.protected, **group_levels(inputs.eval_data, extra)},
-            leakage=inputs.plan.leakage or "leakage" in setup.checks,
+            feature_probe=inputs.plan.feature_probe or "feature_leakage" in setup.checks,
         )
         inputs.settings = with_checks(inputs.settings, parent.name, setup.checks, inputs.hook)
         evaluate = dict(

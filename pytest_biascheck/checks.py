@@ -1,11 +1,12 @@
-"""The check catalogue: each check names a metric, a direction, a default threshold and a recipe."""
+"""The check catalogue: each check names a metric, a direction, a default threshold and a recipe,
+and whether it gates a release by default or is reported as information (docs/validity.md says why)."""
 
 from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from pytest_biascheck.data.base import group_parts
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
+from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
 from pytest_biascheck.planning import Scope
 
@@ -27,6 +29,7 @@ class Measurement:
     low: float
     high: float
     n: int
+    detail: str = ""  # what the value is made of (e.g. the raw score and its chance level)
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,9 @@ class Check:
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
     target, scope)`` computes the value; ``recipe`` is the mitigation command, formatted with
     ``model``, ``stem``, ``data``, ``attribute``, ``other`` and ``attributes`` (the scope's, space
-    separated) by ``command``. ``bounds`` is the range of the measured value: thresholds in the
-    config must lie inside it.
+    separated) by ``command``. ``gate=False`` marks a check that is measured and reported as
+    information but becomes an item only when the config's ``checks`` names it; ``why`` says why.
+    ``bounds`` is the range of the measured value: thresholds in the config must lie inside it.
     """
 
     name: str
@@ -59,7 +63,8 @@ class Check:
     recipe: str
     targets: Callable[[Scope], list[Target]]
     measure: Callable[[Results, Target, Scope], Measurement]
-    default: bool = True
+    gate: bool = True
+    why: str = ""
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def passes(self, value: float, threshold: float) -> bool:
@@ -75,6 +80,37 @@ class Check:
             attribute=shlex.quote(target.attribute), other=shlex.quote(target.other or ""),
             attributes=" ".join(shlex.quote(a) for a in scope.attributes),
         )  # fmt: skip
+
+
+def selected(checks: dict[str, Check], wanted: Sequence[str]) -> list[Check]:
+    """The checks that become items: those named in ``wanted`` (the config's ``checks``), else
+    every gating check."""
+    return [c for c in checks.values() if (c.name in wanted if wanted else c.gate)]
+
+
+def information(
+    results: Results, scope: Scope, checks: Sequence[Check], thresholds: Callable[[Check], float]
+) -> list[dict[str, Any]]:
+    """Outcomes of checks measured as information, not gating: value, interval and ``n`` per
+    target, the threshold they would be held to and whether the value ``meets`` it. A check whose
+    table the evaluation did not compute (the feature probe, unless asked for) is left out."""
+    rows = []
+    for check in checks:
+        for target in check.targets(scope):
+            try:
+                measured = check.measure(results, target, scope)
+            except BiascheckError:
+                continue
+            threshold = thresholds(check)
+            rows.append(
+                {"item": f"{check.name}[{target.id}]", "model": results.model, "check": check.name,
+                 "attribute": target.attribute, "other": target.other, "value": measured.value,
+                 "low": measured.low, "high": measured.high, "n": measured.n,
+                 "threshold": threshold, "op": ">=" if check.direction == "min" else "<=",
+                 "status": "info", "meets": check.passes(measured.value, threshold),
+                 "detail": measured.detail, "description": check.description, "why": check.why}
+            )  # fmt: skip
+    return rows
 
 
 def per_attribute(scope: Scope) -> list[Target]:
@@ -150,14 +186,33 @@ def _overall_row(table: pd.DataFrame, attribute: str, **match: Any) -> pd.Series
     return rows.iloc[0]
 
 
+def _lift(row: pd.Series, score: str) -> Measurement:
+    """A chance-calibrated score: the lift over the better uninformative map, with the raw score
+    and both chance levels in the detail line."""
+    if int(row["n"]) == 0:
+        return Measurement(float("nan"), float("nan"), float("nan"), 0)
+    detail = (
+        f"lift over chance = ({score} - chance) / (1 - chance); {score} {row['mean']:.3f} "
+        f"({row['low']:.3f}-{row['high']:.3f}), chance {row['chance']:.3f} (uniform map "
+        f"{row['chance_uniform']:.3f}, centre prior {row['chance_centre']:.3f})"
+    )
+    return Measurement(row["lift"], row["lift_low"], row["lift_high"], int(row["n"]), detail)
+
+
 def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
-    row = _overall_row(results.table("mask_score"), target.attribute)
-    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+    """Lift of the Attention-IoU mask score over chance, at the planned resolution, over the images
+    that have the region."""
+    resolution = results.plan.resolution if results.plan else DEFAULT_RESOLUTION
+    row = _overall_row(results.table("mask_score"), target.attribute, resolution=resolution)
+    found = _lift(row, "Attention-IoU")
+    return replace(found, detail=f"{found.detail}; maps compared at the {resolution} resolution")
 
 
 def heatmap_score(results: Results, target: Target, scope: Scope) -> Measurement:
+    """Lift of the heatmap score (the attribute's map against the protected attribute's) over
+    what an uninformative map scores against the protected attribute's map."""
     row = _overall_row(results.table("heatmap_score"), target.attribute, protected=target.other)
-    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+    return _lift(row, "heatmap score")
 
 
 def majority_class(scope: Scope, results: Results, attribute: str) -> int:
@@ -170,6 +225,8 @@ def majority_class(scope: Scope, results: Results, attribute: str) -> int:
 
 
 def _energy(results: Results, target: Target, predicted: int) -> Measurement:
+    """Lift of the proportional energy inside the region over an uninformative map's, for the images
+    predicted as ``predicted`` that have the region."""
     table = results.table("energy_cells")
     rows = table[
         (table["attribute"] == target.attribute)
@@ -178,8 +235,7 @@ def _energy(results: Results, target: Target, predicted: int) -> Measurement:
     ]
     if rows.empty:
         return Measurement(float("nan"), float("nan"), float("nan"), 0)
-    row = rows.iloc[0]
-    return Measurement(row["mean"], row["low"], row["high"], int(row["n"]))
+    return _lift(rows.iloc[0], "proportional energy")
 
 
 def majority_energy(results: Results, target: Target, scope: Scope) -> Measurement:
@@ -228,7 +284,20 @@ def _group_stat(stat: str) -> Callable[[Results, Target, Scope], Measurement]:
 
 
 def leakage(results: Results, target: Target, scope: Scope) -> Measurement:
+    """How far from a coin flip the attribute's score tells the protected group's values apart
+    among images of the same true label (|2 AUC - 1|, worst value, labels weighted)."""
     table = results.table("leakage")
+    rows = table[(table["attribute"] == target.attribute) & (table["group"] == target.other)]
+    if rows.empty:
+        raise BiascheckError(f"no leakage for {target.attribute!r} across {target.other!r}")
+    row = rows.iloc[0]
+    return Measurement(row["value"], row["low"], row["high"], int(row["n"]))
+
+
+def feature_leakage(results: Results, target: Target, scope: Scope) -> Measurement:
+    """The JLU paper's probe: accuracy above chance of a linear probe for the protected attribute
+    on penultimate features (held-out images)."""
+    table = results.table("feature_leakage")
     row = table[table["group"] == target.attribute].iloc[0]
     low, high = wilson(row["accuracy"] * row["n_test"], int(row["n_test"]))
     return Measurement(
@@ -236,15 +305,25 @@ def leakage(results: Results, target: Target, scope: Scope) -> Measurement:
         low - row["chance"],
         high - row["chance"],
         int(row["n_test"]),
+        f"probe accuracy {row['accuracy']:.3f}, chance (majority value) {row['chance']:.3f}",
     )
 
 
 def prediction_kl(results: Results, target: Target, scope: Scope) -> Measurement:
+    """Largest KL divergence between the groups' distributions of predicted probabilities among
+    images of the same true label, over groups holding ``min_group_share`` of the images."""
     table = results.table("divergence")
-    rows = table[(table["attribute"] == target.attribute) & (table["group"] == target.other)]
+    rows = table[
+        (table["attribute"] == target.attribute)
+        & (table["group"] == target.other)
+        & (table["label"] >= 0)
+    ]
     n = len(results.frame)
     return Measurement(
-        float(rows["kl"].max()) if len(rows) else float("nan"), float("nan"), float("nan"), n
+        float(rows["kl"].max()) if len(rows) else float("nan"),
+        float("nan"),
+        float("nan"),
+        n if len(rows) else 0,
     )
 
 
@@ -280,35 +359,55 @@ JLU_LEAKAGE = (
     + " --attribute {attributes} --spurious {attribute}"
 )
 
+#: The range of a lift over chance: 1 at a perfect score, 0 at chance, unbounded below.
+LIFT = (-math.inf, 1.0)
+
+#: Why each information check does not gate by default (measured in docs/validity.md).
+WHY = {
+    "heatmap_score": "co-located features (glasses and the eyes of a Male map) score high in "
+    "unbiased models too, so overlap with the protected attribute's map is not bias by itself",
+    "majority_energy": "follows the mask score on every shortcut, with wider intervals",
+    "minority_energy": "follows the mask score on every shortcut, with wider intervals",
+    "no_activation_rate": "0 on every model of the validity suite, biased or not",
+    "group_accuracy_gap": "a model that reads only the shortcut is equally wrong in every group of "
+    "a balanced test set, so this gap stays near 0 for it; worst-group accuracy catches it",
+    "feature_leakage": "the features of any model encode what is visible in the image (a "
+    "background), balanced models included; leakage into the predictions is the gating measure",
+    "prediction_kl": "unstable for small groups (empty bins dominate the divergence); "
+    "leakage measures the same dependence with an interval",
+}
+
 BUILTIN: tuple[Check, ...] = (
     Check("accuracy", "min", 0.7, "accuracy on the evaluation data (top-1 for a multiclass head), so a fix cannot trade accuracy away unseen",
           AFFACT_B, per_task, accuracy),
     Check("class_accuracy", "min", 0.5, "per-class accuracy of a multiclass head: share of the class's images predicted as that class",
           AFFACT_B, per_class, class_accuracy),
-    Check("mask_score", "min", 0.4, "Attention-IoU mask score: how much the attribute's CAM overlaps its region",
-          ROI_IOU, per_region, mask_score),
-    Check("heatmap_score", "max", 0.7, "Attention-IoU heatmap score: how much the attribute's CAM overlaps the protected attribute's",
-          CRAYON, per_predicted_group, heatmap_score, default=False),
-    Check("majority_energy", "min", 0.2, "proportional energy inside the region for images predicted as the majority class",
-          AFFACT_B, per_region, majority_energy, default=False),
-    Check("minority_energy", "min", 0.2, "proportional energy inside the region for images predicted as the minority class",
-          ROI_IOU, per_region, minority_energy, default=False),
+    Check("mask_score", "min", 0.1, "lift of the Attention-IoU mask score over chance: 0 for a map that ignores the image, 1 for the region itself",
+          ROI_IOU, per_region, mask_score, bounds=LIFT),
+    Check("heatmap_score", "max", 0.5, "lift over chance of the heatmap score: how much the attribute's CAM overlaps the protected attribute's",
+          CRAYON, per_predicted_group, heatmap_score, gate=False, why=WHY["heatmap_score"], bounds=LIFT),
+    Check("majority_energy", "min", 0.1, "lift over chance of the proportional energy inside the region, images predicted as the majority class",
+          AFFACT_B, per_region, majority_energy, gate=False, why=WHY["majority_energy"], bounds=LIFT),
+    Check("minority_energy", "min", 0.1, "lift over chance of the proportional energy inside the region, images predicted as the minority class",
+          ROI_IOU, per_region, minority_energy, gate=False, why=WHY["minority_energy"], bounds=LIFT),
     Check("no_activation_rate", "max", 0.2, "share of images whose CAM is empty (a prediction from the bias neuron alone)",
-          AFFACT_B, per_region, no_activation_rate),
+          AFFACT_B, per_region, no_activation_rate, gate=False, why=WHY["no_activation_rate"]),
     Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells (true class x group for a multiclass head)",
           REBALANCE, per_task_group, _group_stat("worst_group_accuracy")),
     Check("group_accuracy_gap", "max", 0.1, "largest accuracy difference between values of the protected group",
-          REBALANCE, per_task_group, _group_stat("accuracy_gap")),
+          REBALANCE, per_task_group, _group_stat("accuracy_gap"), gate=False, why=WHY["group_accuracy_gap"]),
     Check("fnr_gap", "max", 0.15, "largest false-negative-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
           REBALANCE, per_group, _group_stat("fnr_gap")),
     Check("fpr_gap", "max", 0.15, "largest false-positive-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
           REBALANCE, per_group, _group_stat("fpr_gap")),
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),
-    Check("leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features",
-          JLU_LEAKAGE, per_protected, leakage, default=False, bounds=(-1.0, 1.0)),
-    Check("prediction_kl", "max", 0.1, "KL divergence between the groups' distributions of predicted probabilities",
-          JLU, per_group, prediction_kl, default=False, bounds=(0.0, math.inf)),
+    Check("leakage", "max", 0.2, "how well the attribute's score tells the protected group apart among images of the same label (|2 AUC - 1|)",
+          JLU, per_group, leakage),
+    Check("feature_leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features (JLU)",
+          JLU_LEAKAGE, per_protected, feature_leakage, gate=False, why=WHY["feature_leakage"], bounds=(-1.0, 1.0)),
+    Check("prediction_kl", "max", 0.1, "largest KL divergence between the groups' distributions of predicted probabilities, within each true label",
+          JLU, per_group, prediction_kl, gate=False, why=WHY["prediction_kl"], bounds=(0.0, math.inf)),
 )  # fmt: skip
 
 

@@ -63,6 +63,7 @@ class Settings:
     cache: bool = True
     tolerances: dict[str, float] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    attention_resolution: str = "grid"
     models: dict[str, ModelSettings] = field(default_factory=dict)
     source: str | None = None
 
@@ -304,6 +305,11 @@ def _check_values(settings: Settings, path: Path) -> None:
         except ValueError as exc:
             raise BiascheckError(f"{path}: {exc}") from None
     check_folder(path.parent / settings.report, f"{path}: report")
+    if settings.attention_resolution not in ("grid", "input"):
+        raise BiascheckError(
+            f"{path}: attention_resolution must be 'grid' (region brought to the CAM grid) or "
+            f"'input' (CAM upsampled to the image), got {settings.attention_resolution!r}"
+        )
     shares = [("min_group_share", settings.min_group_share)] + [
         (f"models.{stem}.min_group_share", m.min_group_share)
         for stem, m in settings.models.items()

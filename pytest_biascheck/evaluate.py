@@ -6,6 +6,7 @@ Called, this module is the public ``pytest_biascheck.evaluate(model, data, ...)`
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 import warnings
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pytest_biascheck.cam import compute_cams
-from pytest_biascheck.data.base import BiasDataset
+from pytest_biascheck.data.base import BiasDataset, group_parts
 from pytest_biascheck.data.regions import resolve_region, template_box_mask
 from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.metrics import (
@@ -33,7 +34,11 @@ from pytest_biascheck.metrics import (
     PredictionDivergence,
     ProportionalEnergy,
 )
+from pytest_biascheck.metrics.attention import RESOLUTIONS
+from pytest_biascheck.metrics.energy import chance_energy, proportional_energy
 from pytest_biascheck.metrics.group import bootstrap_summary
+from pytest_biascheck.metrics.leakage import prediction_leakage
+from pytest_biascheck.metrics.maps import is_empty
 from pytest_biascheck.metrics.multiclass import (
     CLASS_SUMMARY,
     ClassRates,
@@ -205,19 +210,22 @@ def run_pass(
             cams_r, labels_r, predicted_r = cams[:, mapped], labels[:, mapped], predicted[:, mapped]
             if not state.sums:
                 _warn_small_regions(regions, cams_r.shape[-2:], plan.mapped)
-            acc["mask_score"].update(cams_r, regions, index, labels_r, groups)
+            for resolution in RESOLUTIONS:
+                acc[f"mask_score:{resolution}"].update(cams_r, regions, index, labels_r, groups)
             acc["energy"].update(cams_r, regions, predicted_r, labels_r)
-            energy_scores = _energy(cams_r, regions)
-            acc["energy_cells"].add_scores(energy_scores, energy_scores == 0, index, predicted_r)
+            energy_scores = proportional_energy(cams_r, regions).double()
+            acc["energy_cells"].add_scores(
+                energy_scores, energy_scores == 0, index, predicted_r,
+                chance=chance_energy(regions), counted=~is_empty(regions),
+            )  # fmt: skip
         for k, name in enumerate(cam_protected):
             acc[f"heatmap:{name}"].update(cams, cam.cams[:, a + k].float(), index, labels, groups)
         acc["groups"].update(labels, predicted, groups)
-        acc["divergence"].update(probabilities, groups)
+        acc["divergence"].update(probabilities, groups, labels)
         acc["mcc"].update(labels, predicted)
-        if plan.leakage and cam.features is not None and plan.protected:
-            acc.setdefault("leakage", LeakageProbe(cam.features.shape[1], plan.protected)).update(
-                cam.features.float(), groups, index
-            )
+        if plan.feature_probe and cam.features is not None and plan.protected:
+            probe = LeakageProbe(cam.features.shape[1], plan.protected)
+            acc.setdefault("feature_leakage", probe).update(cam.features.float(), groups, index)
         _sum_maps(state.sums, cams, predicted, groups, plan, images, index)
         _append(columns, "index", index)
         for i, name in enumerate(spec.attributes):
@@ -278,7 +286,10 @@ def summarise(acc: dict[str, Any], results: Results) -> dict[str, pd.DataFrame]:
     plan = results.plan
     tables = {}
     if plan.mapped:
-        tables["mask_score"] = acc["mask_score"].compute()
+        tables["mask_score"] = pd.concat(
+            [acc[f"mask_score:{r}"].compute().assign(resolution=r) for r in RESOLUTIONS],
+            ignore_index=True,
+        )
         tables["energy"] = acc["energy"].compute()
         tables["energy_cells"] = acc["energy_cells"].compute()
     heatmaps = [
@@ -310,8 +321,9 @@ def summarise(acc: dict[str, Any], results: Results) -> dict[str, pd.DataFrame]:
             tables[name] = _named_values(tables[name], plan)
     if plan.protected:
         tables["divergence"] = _large_groups(acc["divergence"].compute(), len(results.frame), plan)
-    if "leakage" in acc:
-        tables["leakage"] = acc["leakage"].compute()
+        tables["leakage"] = _prediction_leakage(results)
+    if "feature_leakage" in acc:
+        tables["feature_leakage"] = acc["feature_leakage"].compute()
     mcc = acc["mcc"].compute()
     tables["mcc_labels"], tables["mcc_predictions"] = mcc["labels"], mcc["predictions"]
     return tables
@@ -320,9 +332,12 @@ def summarise(acc: dict[str, Any], results: Results) -> dict[str, pd.DataFrame]:
 def _accumulators(plan: Plan, cam_protected: list[str]) -> dict[str, Any]:
     boot = {"n_resamples": plan.bootstrap, "seed": plan.seed}
     acc: dict[str, Any] = {
-        "mask_score": MaskScore(plan.mapped, plan.protected, **boot),
+        **{
+            f"mask_score:{r}": MaskScore(plan.mapped, plan.protected, r, **boot)
+            for r in RESOLUTIONS
+        },
         "energy": ProportionalEnergy(plan.mapped),
-        "energy_cells": CellScores(plan.mapped, **boot),
+        "energy_cells": CellScores(plan.mapped, **boot, chance=True),
         "groups": GroupRates(plan.attributes, plan.protected, plan.min_group_share),
         "divergence": PredictionDivergence(plan.attributes, plan.protected),
         "mcc": PairwiseMCC(plan.attributes),
@@ -374,6 +389,27 @@ def _task_intervals(summary: pd.DataFrame, results: Results) -> pd.DataFrame:
     return long.assign(attribute=plan.task, low=low, high=high)[_INTERVAL_COLUMNS]
 
 
+def _prediction_leakage(results: Results) -> pd.DataFrame:
+    """Leakage of every protected group into every attribute's (class's) score, within labels."""
+    plan = results.plan
+    least = max(1, math.ceil(plan.min_group_share * len(results.frame)))
+    rows = []
+    for attribute in plan.attributes:
+        score = torch.from_numpy(results.column("z", attribute).astype(np.float64))
+        label = torch.from_numpy(results.label(attribute))
+        for group in plan.protected:
+            if attribute in group_parts(group):
+                continue
+            values = torch.from_numpy(results.column("g", group).astype(np.int64))
+            value, low, high, n = prediction_leakage(
+                score, label, values, least, plan.bootstrap, seed=plan.seed
+            )
+            rows.append({"attribute": attribute, "group": group, "value": value, "low": low,
+                         "high": high, "n": n})  # fmt: skip
+    columns = ["attribute", "group", "value", "low", "high", "n"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _frame_groups(results: Results) -> dict[str, torch.Tensor]:
     return {g: torch.tensor(results.column("g", g)).long() for g in results.plan.protected}
 
@@ -417,10 +453,15 @@ def _region_lookup(dataset: BiasDataset, plan: Plan):
 
 
 def _warn_small_regions(regions: torch.Tensor, grid: Sequence[int], names: Sequence[str]) -> None:
-    """Warn when a region covers less than one CAM cell on average: its scores are then coarse."""
-    cells = regions.float().mean((0, 2, 3)) * grid[0] * grid[1]
+    """Warn when a region covers less than one CAM cell on average over the images that have it:
+    its scores are then coarse."""
+    area = regions.float().mean((2, 3))
+    present = (area > 0).sum(0)
+    cells = area.sum(0) / present.clamp(min=1) * grid[0] * grid[1]
     small = [
-        f"{name} ({float(c):.2f} cells)" for name, c in zip(names, cells, strict=True) if c < 1
+        f"{name} ({float(c):.2f} cells)"
+        for name, c, seen in zip(names, cells, present, strict=True)
+        if seen and c < 1
     ]
     if small:
         warnings.warn(
@@ -430,12 +471,6 @@ def _warn_small_regions(regions: torch.Tensor, grid: Sequence[int], names: Seque
             BiascheckWarning,
             stacklevel=2,
         )
-
-
-def _energy(cams: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    from pytest_biascheck.metrics.energy import proportional_energy
-
-    return proportional_energy(cams, regions).double()
 
 
 def _sum_maps(sums, cams, predicted, groups, plan, images, index) -> None:

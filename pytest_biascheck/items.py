@@ -170,6 +170,7 @@ class CheckItem(pytest.Item):
             [
                 f"{self.nodeid}: {head}",
                 f"  value      {measured.value:.3f}  ({_interval(measured)}, n={measured.n} images)",
+                *([f"  measured   {measured.detail}"] if measured.detail else []),
                 f"  threshold  {op} {threshold:.3f}  ({self.check.direction}; {origin})",
                 f"  checks     {self.check.description}",
                 f"  fix        {self.fix()}",

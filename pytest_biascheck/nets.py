@@ -1,5 +1,5 @@
-"""The project's own small nets: residual CNNs sized so that ``layer4`` gives an 8x8 CAM grid at 64x64
-input, and a small vision transformer for token-model checks."""
+"""The project's own small nets: residual CNNs whose ``layer4`` gives an 8x8 CAM grid at 64x64 input
+(16x16 with ``strides=(1, 2, 1, 1)``), and a small vision transformer for token-model checks."""
 
 from __future__ import annotations
 
@@ -36,10 +36,13 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """Stem (stride 2) + four residual stages (strides 1, 2, 2, 1) + global average pool + head.
+    """Stem (stride 2) + four residual stages (``strides``, default 1, 2, 2, 1) + global average pool
+    + head.
 
     ``head="linear"`` is pool + linear, the case where CAMs have a closed form; ``head="mlp"`` puts a
-    hidden layer after the pool (the Attention-IoU paper's extended ResNet head).
+    hidden layer after the pool (the Attention-IoU paper's extended ResNet head). The CAM grid at
+    ``layer4`` is the input size divided by 2 and by each stage's stride: small regions such as a
+    mouth need ``strides=(1, 2, 1, 1)`` (16x16 at 64 px) to cover more than one cell.
     """
 
     def __init__(
@@ -49,18 +52,21 @@ class SmallResNet(nn.Module):
         head: str = "linear",
         hidden: int = 128,
         in_channels: int = 3,
+        strides: Sequence[int] = (1, 2, 2, 1),
     ) -> None:
         super().__init__()
         if head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
-        w = list(widths)
+        if len(strides) != 4 or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"strides must be four values of 1 or 2, got {list(strides)}")
+        w, s = list(widths), list(strides)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()
         )
-        self.layer1 = BasicBlock(w[0], w[0], 1)
-        self.layer2 = BasicBlock(w[0], w[1], 2)
-        self.layer3 = BasicBlock(w[1], w[2], 2)
-        self.layer4 = BasicBlock(w[2], w[3], 1)
+        self.layer1 = BasicBlock(w[0], w[0], s[0])
+        self.layer2 = BasicBlock(w[0], w[1], s[1])
+        self.layer3 = BasicBlock(w[1], w[2], s[2])
+        self.layer4 = BasicBlock(w[2], w[3], s[3])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         if head == "linear":

@@ -11,8 +11,10 @@ from typing import Any
 import torch
 
 from pytest_biascheck.config import Settings
-from pytest_biascheck.data.base import INTERSECTION, BiasDataset, group_parts
+from pytest_biascheck.data.base import INTERSECTION, PROTECTED_LABELS, BiasDataset, group_parts
+from pytest_biascheck.data.regions import UNSCORED_REGIONS
 from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.model import LoadedModel
 
 #: Name of a multiclass head's K-way task when no ``label`` column names it.
@@ -36,7 +38,8 @@ class Plan:
     regions: dict[str, str]
     bootstrap: int = 1000
     seed: int = 0
-    leakage: bool = False  # fit the leakage probe (seconds of L-BFGS) only when its check runs
+    feature_probe: bool = False  # fit the feature probe (seconds of L-BFGS) only when asked for
+    resolution: str = DEFAULT_RESOLUTION  # where the mask score check compares map and region
     head: str = "multilabel"
     task: str | None = None
     label: str | None = None
@@ -74,6 +77,7 @@ class Scope:
     positive_rates: dict[str, float] = field(default_factory=dict)
     head: str = "multilabel"
     task: str | None = None
+    notes: Sequence[str] = ()  # what the run checks less of than a full scan, facts about the data
 
     @property
     def multiclass(self) -> bool:
@@ -133,23 +137,27 @@ def open_for(
 
 def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tuple[Scope, Plan]:
     """What to check (Scope) and to measure (Plan) for a model: its configured attributes, groups
-    and regions, else the data's defaults. The plugin and the CLI both plan through here."""
+    and regions, else a full scan: every output the data labels, across every protected attribute
+    the data has, each looked at in its region of the data's part map. The plugin and the CLI
+    both plan through here."""
     own = settings.for_model(model.name)
     default = getattr(dataset, "default_scope", {})
     multiclass = model.spec.head == "multiclass"
     where = f"[tool.biascheck.models.{model.name}]"
     task = _task_name(model, own.label, where)
-    attributes = _checked(model, dataset, own.attributes, default, where)
+    attributes = _checked(model, dataset, own.attributes, where)
     if multiclass:
         class_lookup(dataset, model.spec.attributes, own.label, where)
-    defaults = [  # a multiclass head's classes are its label, not protected groups
+    defaults = [  # a multiclass head's classes (and its label column) are not protected groups
         g
-        for g in default.get("protected", [])
-        if not (multiclass and set(group_parts(g)) & set(model.spec.attributes))
+        for g in dataset.default_protected()
+        if not (multiclass and set(group_parts(g)) & {*model.spec.attributes, own.label})
     ]
     protected = [INTERSECTION.join(group_parts(g)) for g in own.protected or defaults]
     shared = dict.fromkeys(model.spec.attributes, own.regions[task]) if task in own.regions else {}
-    regions = {**default.get("regions", {}), **shared, **own.regions}  # the task's: every class's
+    scored = {a: r for a, r in default.get("regions", {}).items() if r not in UNSCORED_REGIONS}
+    regions = {**scored, **shared, **own.regions}  # the task's: every class's
+    notes = _notes(model, dataset, attributes, protected, own, where)
     scope = Scope(
         attributes=attributes,
         protected=protected,
@@ -158,6 +166,7 @@ def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tu
         positive_rates=dict(model.provenance.get("positive_rates", {})),
         head=model.spec.head,
         task=task,
+        notes=notes,
     )
     plan = Plan(
         attributes=tuple(model.spec.attributes if multiclass else scope.attributes),
@@ -165,7 +174,8 @@ def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tu
         regions=scope.regions,
         bootstrap=settings.bootstrap,
         seed=settings.seed,
-        leakage="leakage" in (own.checks or settings.checks),
+        feature_probe="feature_leakage" in (own.checks or settings.checks),
+        resolution=settings.attention_resolution,
         head=model.spec.head,
         task=task,
         label=own.label,
@@ -193,15 +203,41 @@ def _task_name(model: LoadedModel, label: str | None, where: str) -> str | None:
     return task
 
 
+def _notes(
+    model: LoadedModel,
+    dataset: BiasDataset,
+    attributes: Sequence[str],
+    protected: Sequence[str],
+    own: Any,
+    where: str,
+) -> tuple[str, ...]:
+    """One line for each way a run checks less than a full scan of the model, and for each fact
+    the data reports about itself (a synthetic set's realised correlations)."""
+    notes = [f"{model.name}: data {line}" for line in dataset.notes()]
+    if not protected:
+        notes.append(
+            f"{model.name}: the data has no protected attribute (no group column, none of "
+            f"{', '.join(PROTECTED_LABELS)}), so no group or leakage check runs; set protected "
+            f"under {where} or join a metadata CSV of group columns (metadata = ...)"
+        )
+    if not own.attributes and model.spec.head != "multiclass":
+        unlabelled = [a for a in model.spec.attributes if a not in attributes]
+        if unlabelled:
+            notes.append(
+                f"{model.name}: outputs {', '.join(unlabelled)} have no label in the data and "
+                "are not checked"
+            )
+    return tuple(notes)
+
+
 def _checked(
     model: LoadedModel,
     dataset: BiasDataset,
     configured: Sequence[str],
-    default: Mapping[str, Any],
     where: str,
 ) -> list[str]:
-    """The attributes (a multiclass head: classes) to check: configured, else the data's default
-    ones the model predicts (a multiclass head: all its classes); unknown names are errors."""
+    """The attributes (a multiclass head: classes) to check: configured, else every output the
+    data labels (a multiclass head: all its classes); unknown names are errors."""
     if model.spec.head == "multiclass":
         unknown = [a for a in configured if a not in model.spec.attributes]
         if unknown:
@@ -211,9 +247,7 @@ def _checked(
             )
         return list(configured or model.spec.attributes)
     predicted = model.spec.attributes
-    attributes = list(configured) or [
-        a for a in default.get("attributes", dataset.attributes) if a in predicted
-    ]
+    attributes = list(configured) or [a for a in predicted if a in dataset.attributes]
     for name in attributes:
         if name not in predicted or name not in dataset.attributes:
             raise BiascheckError(

@@ -398,6 +398,11 @@ class Gate:
                 )
         for note in state.notes:
             terminalreporter.write_line(f"biascheck: {note}", yellow=True)
+        if outcomes:
+            terminalreporter.write_line(
+                "more values are measured as information, not gating (docs/validity.md says why): "
+                "see the report"
+            )
         if state.report is not None:
             terminalreporter.write_line(f"report: {state.report}")
 

@@ -69,18 +69,36 @@ class BiascheckState:
         return plan_for(self.models[key], self.dataset(key)[1], self.settings)[0]
 
     def planned(self, key: str) -> list[tuple[Any, Any]]:
-        """The (check, target) pairs a model's items check, in catalogue order."""
-        from pytest_biascheck.checks import catalogue
+        """The (check, target) pairs a model's items check, in catalogue order; what the model's
+        scope cannot check becomes a note of the run."""
+        from pytest_biascheck.checks import catalogue, selected
 
-        name = self.models[key].name
-        wanted = self.settings.for_model(name).checks or self.settings.checks
         scope = self.scope(key)
+        self.notes += [note for note in scope.notes if note not in self.notes]
         return [
             (check, target)
-            for check in catalogue(self.hook).values()
-            if (check.name in wanted if wanted else check.default)
+            for check in selected(catalogue(self.hook), self._wanted(key))
             for target in check.targets(scope)
         ]
+
+    def information(self, key: str, results: Any) -> list[dict[str, Any]]:
+        """Outcomes of the checks a model's items do not run, measured as information."""
+        from pytest_biascheck.checks import catalogue, information, selected
+
+        checks = catalogue(self.hook)
+        gating = {c.name for c in selected(checks, self._wanted(key))}
+        name = self.models[key].name
+        rows = information(
+            results,
+            self.scope(key),
+            [c for c in checks.values() if c.name not in gating],
+            lambda check: self.settings.threshold(name, check.name, check.threshold)[0],
+        )
+        return [{**row, "path": key} for row in rows]
+
+    def _wanted(self, key: str) -> list[str]:
+        name = self.models[key].name
+        return self.settings.for_model(name).checks or self.settings.checks
 
     def results_for(self, key: str) -> Any:
         """Evaluate a model once: from ``--biascheck-results``, the stored evaluation, or one pass."""
@@ -201,7 +219,8 @@ class BiascheckState:
             entries.append(
                 {
                     "results": results,
-                    "outcomes": [o for o in outcomes if o["path"] == key],
+                    "outcomes": [o for o in outcomes if o["path"] == key]
+                    + self.information(key, results),
                     "model": {
                         "name": m.name,
                         "path": str(m.path),

@@ -39,7 +39,7 @@ def test_every_suggested_command_parses_with_its_recipe(name, target, command):
     assert args.model == "my model.pt" and args.data == "synthfaces:n=64"
     assert args.out.startswith("my_model_") and args.out != args.model
     attribute = args.attribute if recipe != "affact-b" else args.attributes
-    if name == "leakage":  # the protected group is what to unlearn; the task is the scope's
+    if name == "feature_leakage":  # the protected group is what to unlearn; the task: the scope
         assert (recipe, args.attribute, args.spurious) == (
             "jlu",
             ["Smiling", "Male"],

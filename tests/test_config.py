@@ -376,9 +376,10 @@ def test_config_reader_fuzz(tmp_path, examples):
             "accuracy = 1.5",
             "thresholds.accuracy must lie in [0, 1], the range of accuracy, got 1.5",
         ),
-        ("leakage = -1.5", "thresholds.leakage must lie in [-1, 1]"),
+        ("leakage = -0.1", "thresholds.leakage must lie in [0, 1]"),
+        ("feature_leakage = -1.5", "thresholds.feature_leakage must lie in [-1, 1]"),
         ("prediction_kl = -0.1", "thresholds.prediction_kl must lie in [0, inf)"),
-        ("mask_score = -0.01", "must lie in [0, 1], the range of mask_score"),
+        ("mask_score = 1.01", "must lie in [-inf, 1], the range of mask_score"),
     ],
 )
 def test_thresholds_must_lie_in_their_checks_range(tmp_path, thresholds, expected):
@@ -387,7 +388,9 @@ def test_thresholds_must_lie_in_their_checks_range(tmp_path, thresholds, expecte
     with pytest.raises(BiascheckError) as caught:
         validate_thresholds(load_settings(path), catalogue())
     assert expected in str(caught.value) and str(path) in str(caught.value)
-    path.write_text("[thresholds]\nleakage = -0.5\nprediction_kl = 3.0\naccuracy = 1\n")
+    path.write_text(
+        "[thresholds]\nfeature_leakage = -0.5\nprediction_kl = 3.0\naccuracy = 1\nmask_score = -0.3\n"
+    )
     validate_thresholds(load_settings(path), catalogue())  # inside their ranges
 
 

@@ -46,7 +46,7 @@ def test_shard_of_a_rank_outside_the_world_is_refused(rank, world):
 @pytest.fixture
 def config(tmp_path) -> Path:
     path = tmp_path / "biascheck.toml"
-    path.write_text('bootstrap = 200\nchecks = ["leakage", "accuracy"]\n')
+    path.write_text('bootstrap = 200\nchecks = ["feature_leakage", "accuracy"]\n')
     return path
 
 
@@ -70,7 +70,14 @@ def test_torchrun_on_two_processes_gives_the_single_process_numbers(
     assert "96 images, 2 processes" in done.stdout
     one, two = load_results(tmp_path / "one.json"), load_results(tmp_path / "two.json")
     assert one.frame["index"].tolist() == list(range(96))
-    assert {"mask_score", "energy", "group_summary", "divergence", "leakage"} <= set(one.tables)
+    assert {
+        "mask_score",
+        "energy",
+        "group_summary",
+        "divergence",
+        "feature_leakage",
+        "leakage",
+    } <= set(one.tables)
     assert_results_match(two, one, atol=TOLERANCE)
 
 
@@ -99,7 +106,7 @@ def _shard_worker(rank: int, init: str, checkpoint: str, shards: list, folder: s
     try:
         model = load_checkpoint(checkpoint)
         dataset = open_data("synthfaces:n=12", "test", 32)
-        _, plan = plan_for(model, dataset, Settings(bootstrap=200, checks=["leakage"]))
+        _, plan = plan_for(model, dataset, Settings(bootstrap=200, checks=["feature_leakage"]))
         state = gather_pass(run_pass(model, dataset, plan, 4, "cpu", indices=shards[rank]))
         save_results(finish(state, model, "synthfaces:n=12", plan), Path(folder) / f"{rank}.json")
     finally:
@@ -112,9 +119,9 @@ def test_every_rank_gets_the_full_pass_even_from_an_empty_shard(tmp_path, tiny_c
     torch.multiprocessing.spawn(_shard_worker, args=args, nprocs=2)
     model = load_checkpoint(tiny_checkpoint)
     dataset = open_data("synthfaces:n=12", "test", 32)
-    _, plan = plan_for(model, dataset, Settings(bootstrap=200, checks=["leakage"]))
+    _, plan = plan_for(model, dataset, Settings(bootstrap=200, checks=["feature_leakage"]))
     single = evaluate(model, dataset, "synthfaces:n=12", plan, batch_size=4, device="cpu")
-    assert "leakage" in single.tables
+    assert "feature_leakage" in single.tables
     for rank in (0, 1):
         assert_results_match(load_results(tmp_path / f"{rank}.json"), single, atol=TOLERANCE)
 
@@ -122,7 +129,7 @@ def test_every_rank_gets_the_full_pass_even_from_an_empty_shard(tmp_path, tiny_c
 def test_gather_pass_without_a_process_group_returns_the_pass_untouched(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     dataset = open_data("synthfaces:n=4", "test", 32)
-    _, plan = plan_for(model, dataset, Settings(bootstrap=10, checks=["leakage"]))
+    _, plan = plan_for(model, dataset, Settings(bootstrap=10, checks=["feature_leakage"]))
     state = run_pass(model, dataset, plan, 4, "cpu")
     assert gather_pass(state) is state
 

@@ -121,10 +121,12 @@ def test_any_float_array_round_trips_bit_for_bit(values):
 def test_evaluated_results_round_trip(tmp_path, tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     dataset = open_data("synthfaces:n=16", "test", 32)
-    config = Settings(bootstrap=50, checks=["leakage"])
+    config = Settings(bootstrap=50, checks=["feature_leakage"])
     config.models["tiny"] = ModelSettings(protected=["Male*Young", "Black_Hair"])
     results = evaluate(model, dataset, "synthfaces:n=16", plan_for(model, dataset, config)[1])
-    assert {"mask_score", "group_rates", "mcc_labels", "leakage"} <= set(results.tables)
+    assert {"mask_score", "group_rates", "mcc_labels", "feature_leakage", "leakage"} <= set(
+        results.tables
+    )
     assert results.plan.levels["Male*Young"] == ("0*0", "0*1", "1*0", "1*1")
     assert_results_match(load_results(save_results(results, tmp_path / "r.json")), results)
 

@@ -21,16 +21,82 @@ DatasetFactory = Callable[..., BiasDataset]
 
 
 def _synthfaces(
-    split: str, image_size: int, preset: str = "balanced", **params: Any
+    split: str,
+    image_size: int,
+    preset: str = "balanced",
+    corr: str | list[str] = (),
+    mcc: str | list[str] = (),
+    freq: str | list[str] = (),
+    **params: Any,
 ) -> BiasDataset:
-    from pytest_biascheck.data.synth_faces import BIASED_CORRELATIONS, SynthFaces
+    """``synthfaces:preset=biased``, ``corr=A~B@0.95`` (agreement), ``mcc=A~B@0.6``,
+    ``freq=A@0.3`` (each repeatable) and any ``Appearance`` knob (``smile_curvature=0.4``)."""
+    import dataclasses
 
-    presets = {"balanced": None, "biased": BIASED_CORRELATIONS}
+    from pytest_biascheck.data.synth_faces import (
+        BIASED_CORRELATIONS,
+        BIASED_FREQUENCIES,
+        Appearance,
+        SynthFaces,
+    )
+
+    presets = {"balanced": ({}, {}), "biased": (BIASED_CORRELATIONS, BIASED_FREQUENCIES)}
     if preset not in presets:
         raise BiascheckError(
             f"synthfaces preset {preset!r} is unknown; use one of {', '.join(presets)}"
         )
-    return SynthFaces(split=split, image_size=image_size, correlations=presets[preset], **params)
+    knobs = {f.name for f in dataclasses.fields(Appearance)} - {"extra"}
+    look = {k: params.pop(k) for k in list(params) if k in knobs}
+    valid = {"n", "seed", "preset", "corr", "mcc", "freq", *knobs}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; synthfaces takes {', '.join(sorted(valid))}")
+    correlations = {**presets[preset][0], **_pairs(corr, "corr")}
+    frequencies = {**presets[preset][1], **_rates(freq)}
+    return SynthFaces(
+        split=split,
+        image_size=image_size,
+        correlations=correlations,
+        mcc=_pairs(mcc, "mcc"),
+        frequencies=frequencies,
+        appearance=Appearance(**look),
+        **params,
+    )
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _pairs(value: str | list[str], key: str) -> dict[tuple[str, str], float]:
+    """``A~B@0.95`` entries -> ``{("A", "B"): 0.95}``."""
+    out = {}
+    for item in _listed(value):
+        pair, at, strength = str(item).partition("@")
+        first, tilde, second = pair.partition("~")
+        try:
+            out[(first.strip(), second.strip())] = float(strength)
+        except ValueError:
+            tilde = ""
+        if not (tilde and at and first and second):
+            raise ValueError(
+                f"{key}={item!r} is not FIRST~SECOND@STRENGTH (e.g. {key}=Eyeglasses~Male@0.9)"
+            )
+    return out
+
+
+def _rates(value: str | list[str]) -> dict[str, float]:
+    """``A@0.3`` entries -> ``{"A": 0.3}``."""
+    out = {}
+    for item in _listed(value):
+        name, at, rate = str(item).partition("@")
+        try:
+            out[name.strip()] = float(rate)
+        except ValueError:
+            at = ""
+        if not (at and name):
+            raise ValueError(f"freq={item!r} is not NAME@FREQUENCY (e.g. freq=Eyeglasses@0.3)")
+    return out
 
 
 def _synthbirds(split: str, image_size: int, n: int = 2000, **params: Any) -> BiasDataset:
@@ -65,8 +131,13 @@ REAL: dict[str, DatasetFactory] = {
 ALL = "all"
 
 
+#: Keys a spec may give several times (``corr=A~B@0.9,corr=C~D@0.8``): their values form a list.
+REPEATABLE = frozenset({"corr", "mcc", "freq"})
+
+
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
-    """Split a spec into (scheme, path or None, params); values are int, float, bool or str."""
+    """Split a spec into (scheme, path or None, params); values are int, float, bool or str, and
+    a key of ``REPEATABLE`` given several times collects its values in a list."""
     scheme, _, rest = spec.partition(":")
     path = None
     if scheme in REAL:  # PATH, then key=value items (a comma starts one only before "key=")
@@ -75,11 +146,22 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
+        key = key.strip()
         if not eq or not key:
             raise BiascheckError(
                 f"data spec {spec!r}: {item!r} is not key=value (e.g. synthfaces:n=2000)"
             )
-        params[key.strip()] = _value(value.strip())
+        value = _value(value.strip())
+        if key in params and key not in REPEATABLE:
+            raise BiascheckError(
+                f"data spec {spec!r}: {key!r} is given twice; keep one (only "
+                f"{', '.join(sorted(REPEATABLE))} may repeat)"
+            )
+        if key in params:
+            previous = params[key]
+            params[key] = [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            params[key] = value
     return scheme, path, params
 
 
@@ -106,9 +188,7 @@ def open_data(
         params = {"split": split, "image_size": image_size, **params}
         try:
             return registry[scheme](**params)
-        except TypeError as exc:
-            raise BiascheckError(f"data spec {spec!r}: {exc}") from None
-        except ValueError as exc:
+        except (TypeError, ValueError, BiascheckError) as exc:
             raise BiascheckError(f"data spec {spec!r}: {exc}") from None
     if Path(spec).exists():
         from pytest_biascheck.data.real import open_dataset

@@ -18,6 +18,9 @@ from pytest_biascheck.errors import BiascheckError
 INTERSECTION = "*"
 #: Most values an intersection may have (beyond this nearly every group falls under any share).
 MAX_LEVELS = 4096
+#: Labels that are protected attributes wherever a dataset has them: CelebA's demographic labels,
+#: as the Attention-IoU and JLU papers use them.
+PROTECTED_LABELS: tuple[str, ...] = ("Male", "Young")
 
 
 class Sample(TypedDict, total=False):
@@ -51,8 +54,21 @@ class BiasDataset(Dataset):
     #: Names of the values of each group column (codes 0..n-1); a column not listed has two, 0 and 1.
     group_levels: dict[str, tuple] = {}  # noqa: RUF012 - read-only class default
     #: What ``pytest --biascheck`` checks on this data when the config says nothing: keys
-    #: ``attributes``, ``protected`` and ``regions`` (attribute -> region name).
+    #: ``protected`` (the data's known nuisances) and ``regions`` (attribute -> region name).
     default_scope: dict = {}  # noqa: RUF012 - read-only class default
+
+    def default_protected(self) -> tuple[str, ...]:
+        """Protected attributes checked when the config names none: the data's known nuisances
+        (``default_scope["protected"]``), else the labels of ``PROTECTED_LABELS`` it has; plus
+        every group column (a Waterbirds place, a CSV's or a metadata file's group columns)."""
+        known = self.default_scope.get("protected")
+        if known is None:
+            known = [a for a in PROTECTED_LABELS if a in self.attributes]
+        return tuple(dict.fromkeys([*known, *self.group_names]))
+
+    def notes(self) -> list[str]:
+        """Lines the run should print about this data (none unless a dataset has something to say)."""
+        return []
 
     def image_ids(self) -> np.ndarray:
         """The id of every image, in order, that a metadata CSV is joined on (here the index)."""

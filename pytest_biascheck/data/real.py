@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 
 from pytest_biascheck import files
 from pytest_biascheck.data.base import BiasDataset, Sample
-from pytest_biascheck.data.regions import PART_NAMES, REGION_NAMES, parts_to_regions
+from pytest_biascheck.data.regions import CELEBA_REGIONS, PART_NAMES, REGION_NAMES, parts_to_regions
 from pytest_biascheck.data.synth_common import SPLITS
 from pytest_biascheck.errors import BiascheckError
 
@@ -498,6 +498,7 @@ class CelebAMaskHQ(_ImageTable):
     """
 
     region_names = REGION_NAMES
+    default_scope = {"regions": CELEBA_REGIONS}  # noqa: RUF012 - read-only class default
 
     def __init__(
         self,

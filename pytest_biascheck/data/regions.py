@@ -50,7 +50,21 @@ REGION_PARTS: dict[str, tuple[str, ...]] = {
 }
 REGION_NAMES: tuple[str, ...] = tuple(REGION_PARTS)
 
-#: Regions the Attention-IoU paper leaves out of mask scores (too large or uninformative).
+#: The region of each CelebA attribute that has one of its own in CelebAMask-HQ's part maps: what a
+#: model should look at for it (the default regions of mask scores on CelebAMask-HQ).
+CELEBA_REGIONS: dict[str, str] = {
+    "Smiling": "mouth", "Mouth_Slightly_Open": "mouth", "Wearing_Lipstick": "mouth",
+    "Big_Lips": "mouth", "Eyeglasses": "eyeglasses", "Narrow_Eyes": "eyes",
+    "Bags_Under_Eyes": "eyes", "Arched_Eyebrows": "eyebrows", "Bushy_Eyebrows": "eyebrows",
+    "Big_Nose": "nose", "Pointy_Nose": "nose", "Black_Hair": "hair", "Blond_Hair": "hair",
+    "Brown_Hair": "hair", "Gray_Hair": "hair", "Bangs": "hair", "Wavy_Hair": "hair",
+    "Straight_Hair": "hair", "Wearing_Hat": "hat", "Wearing_Earrings": "earrings",
+    "Wearing_Necklace": "necklace",
+}  # fmt: skip
+
+#: Regions the Attention-IoU paper leaves out of mask scores (too large or uninformative): no
+#: attribute gets one by default (the config may still name one). On a region as large as the skin
+#: even a centre-prior map that ignores the image scores 0.87 (measured on SynthFaces' 16x16 grid).
 UNSCORED_REGIONS: frozenset[str] = frozenset({"background", "skin", "cloth"})
 
 #: The ten rectangular facial regions of the ROI-IoU paper on the aligned template face, as

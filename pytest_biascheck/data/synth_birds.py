@@ -35,6 +35,8 @@ SOIL_RGB = torch.tensor([0.52, 0.40, 0.24]).view(1, 3, 1, 1)
 CROWN_RGB = torch.tensor([0.12, 0.32, 0.10]).view(1, 3, 1, 1)
 TRUNK_RGB = (0.30, 0.20, 0.10)
 SEA_RGB = np.array([0.18, 0.42, 0.66])
+MARK_RGB = (0.95, 0.10, 0.85)
+MARK_SIZE = 0.08  # side of the corner mark, as a fraction of the image side
 
 #: Per-image uniform draws, in stream order (changing the order changes every image).
 _FIELDS = (
@@ -72,13 +74,18 @@ class SynthBirds(BiasDataset):
     and ``colour_gap`` (0 = classes drawn alike, 1 = as different as the palette allows) and
     ``noise`` (pixel noise standard deviation). Each image is a pure function of (seed, split,
     index) and the settings, whatever the batch it is rendered in.
+
+    ``mark`` adds a second shortcut of another nature: a small magenta square in the top-left
+    corner (about 0.6% of the image), present with P(mark == Waterbird) = ``mark`` in the training
+    split and on exactly half of every (class, place) group in val/test. It becomes a group column
+    ``mark`` and a region ``mark``, so a model that reads the mark instead of the bird shows in the
+    group checks across ``mark`` and in the bird's mask score.
     """
 
     attributes = ("Waterbird",)
     group_names = ("place",)
     region_names = ("bird", "background")
     default_scope = {  # noqa: RUF012 - read-only class default
-        "attributes": ["Waterbird"],
         "protected": ["place"],
         "regions": {"Waterbird": "bird"},
     }
@@ -96,10 +103,15 @@ class SynthBirds(BiasDataset):
         shape_gap: float = 0.5,
         colour_gap: float = 0.15,
         noise: float = 0.05,
+        mark: float | None = None,
     ) -> None:
         _check_args(
             n, split, bias, image_size, p_waterbird, bird_area, shape_gap, colour_gap, noise
         )
+        if mark is not None and not 0.0 <= mark <= 1.0:
+            raise BiascheckError(
+                f"SynthBirds: mark={mark!r} must lie in [0, 1] (P(mark == Waterbird))"
+            )
         self.n, self.split, self.bias, self.seed, self.image_size = n, split, bias, seed, image_size
         self.p_waterbird, self.bird_area = p_waterbird, (float(bird_area[0]), float(bird_area[1]))
         self.shape_gap, self.colour_gap, self.noise = shape_gap, colour_gap, noise
@@ -107,6 +119,12 @@ class SynthBirds(BiasDataset):
         #: All labels ``[n, 1]`` float32 and groups ``[n, 1]`` int64, without rendering an image.
         self.labels = torch.from_numpy(waterbird).float().unsqueeze(1)
         self.groups = torch.from_numpy(place).unsqueeze(1)
+        self.mark = mark
+        if mark is not None:
+            marked = _assign_marks(waterbird, split, mark, seed)
+            self.groups = torch.cat([self.groups, torch.from_numpy(marked).unsqueeze(1)], 1)
+            self.group_names = ("place", "mark")
+            self.region_names = ("bird", "background", "mark")
 
     def __len__(self) -> int:
         return self.n
@@ -141,24 +159,31 @@ class SynthBirds(BiasDataset):
             "waves": smooth_noise(rngs, size, size, cells=6),
         }
         waterbird = self.labels[idx, 0].numpy()
-        place = self.groups[idx]
+        place = self.groups[idx, :1]
         background = torch.where(
             place.view(-1, 1, 1, 1).bool(),
             _water(params, texture, size),
             _land(params, trees, texture, size),
         )
         bird, wing, beak = self._bird(params, waterbird, size)
+        masks = [bird, ~bird]
+        if self.mark is not None:
+            mark = _mark_mask(size) & self.groups[idx, 1].view(-1, 1, 1).bool()
+            bird, wing, beak = bird & ~mark, wing & ~mark, beak & ~mark
+            masks = [bird, ~bird & ~mark, mark]
         image = torch.where(
             bird.unsqueeze(1), self._plumage(params, waterbird, texture), background
         )
         image = torch.where(wing.unsqueeze(1), image * 0.72, image)
         image = paint(image, beak, torch.tensor(BEAK_RGB).expand(len(idx), 3))
+        if self.mark is not None:
+            image = paint(image, masks[2], torch.tensor(MARK_RGB).expand(len(idx), 3))
         image = (image + pixel_noise(rngs, size, size, [self.noise] * len(idx))).clamp(0.0, 1.0)
         return {
             "image": image,
             "labels": self.labels[idx].clone(),
-            "groups": place.clone(),
-            "masks": torch.stack([bird, ~bird], dim=1),
+            "groups": self.groups[idx].clone(),
+            "masks": torch.stack(masks, dim=1),
             "index": torch.from_numpy(idx),
         }
 
@@ -357,6 +382,28 @@ def _assign_groups(
         codes = np.repeat(np.arange(4), counts)  # code = 2 * waterbird + place
         codes = np.random.default_rng([seed, 1000 + SPLITS.index(split)]).permutation(codes)
     return codes // 2, codes % 2
+
+
+def _assign_marks(waterbird: np.ndarray, split: str, mark: float, seed: int) -> np.ndarray:
+    """Mark per index: in training, exactly round(n * mark) images have mark == class, placed by
+    a seeded permutation of their own; in val/test, every other image of each (class, place) group
+    (the groups cycle by index), so the mark is independent of class and place."""
+    n = len(waterbird)
+    if split != "train":
+        return (np.arange(n) // 4) % 2
+    agree = np.zeros(n, dtype=np.int64)
+    agree[: int(n * mark + 0.5)] = 1
+    agree = np.random.default_rng([seed, 2000 + SPLITS.index(split)]).permutation(agree)
+    return np.where(agree == 1, waterbird, 1 - waterbird)
+
+
+def _mark_mask(size: int) -> torch.Tensor:
+    """The corner mark's pixels ``[1, H, W]``: a square of side ``MARK_SIZE`` one pixel from the
+    top-left corner (at least 3 pixels, so it survives any image size)."""
+    side = max(3, round(MARK_SIZE * size))
+    mask = torch.zeros(1, size, size, dtype=torch.bool)
+    mask[:, 1 : 1 + side, 1 : 1 + side] = True
+    return mask
 
 
 def _check_args(

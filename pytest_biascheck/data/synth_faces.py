@@ -30,7 +30,7 @@ HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 #: Region where each attribute is drawn: what a model should look at (mask score / energy region).
 ATTRIBUTE_REGIONS: dict[str, str] = {
     "Smiling": "mouth", "Mouth_Slightly_Open": "mouth", "Wearing_Lipstick": "mouth",
-    "Heavy_Makeup": "eyes", "High_Cheekbones": "skin", "Eyeglasses": "eyeglasses",
+    "Heavy_Makeup": "skin", "High_Cheekbones": "skin", "Eyeglasses": "eyeglasses",
     "Bushy_Eyebrows": "eyebrows", "Big_Nose": "nose", "Black_Hair": "hair", "Blond_Hair": "hair",
     "Brown_Hair": "hair", "Gray_Hair": "hair", "Bangs": "hair", "Wearing_Hat": "hat",
     "Double_Chin": "skin", "Chubby": "skin", "Male": "skin", "Young": "skin",
@@ -58,6 +58,35 @@ BIASED_CORRELATIONS: dict[tuple[str, str], float] = {
     ("Heavy_Makeup", "Wearing_Lipstick"): 0.9,
     ("Chubby", "Double_Chin"): 0.9,
 }
+#: Frequencies of the biased preset: black hair as common as smiling, so that 95% agreement is
+#: possible without changing either frequency.
+BIASED_FREQUENCIES: dict[str, float] = {"Black_Hair": 0.5}
+
+
+def _hair_weights(hair: Mapping[str, float], frequencies: Mapping[str, float]) -> dict[str, float]:
+    """Hair-colour shares summing to 1; a colour given in ``frequencies`` gets exactly that share
+    and the other colours share the rest in their given proportions."""
+    unknown = set(hair) - set(HAIR_COLOURS)
+    if unknown:
+        raise ValueError(
+            f"unknown hair colour {sorted(unknown)[0]!r}; use {', '.join(HAIR_COLOURS)}"
+        )
+    if any(v < 0 for v in hair.values()) or sum(hair.values()) <= 0:
+        raise ValueError("hair colour shares must be non-negative and not all zero")
+    total = sum(hair.values())
+    weights = {h: hair[h] / total for h in HAIR_COLOURS}
+    fixed = {h: float(v) for h, v in frequencies.items() if h in HAIR_COLOURS}
+    for name, value in fixed.items():
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"frequency of {name} must be in (0, 1), got {value}")
+    rest = 1.0 - sum(fixed.values())
+    free = sum(w for h, w in weights.items() if h not in fixed)
+    if rest <= 0 or (free == 0 and rest > 1e-12):
+        raise ValueError(
+            f"hair colour frequencies {fixed} leave no valid share for the other colours"
+        )
+    return {h: fixed.get(h, weights[h] * rest / free if free else 0.0) for h in HAIR_COLOURS}
+
 
 _HAIR_RGB = np.array(
     [[0.07, 0.06, 0.06], [0.92, 0.80, 0.45], [0.45, 0.28, 0.15], [0.68, 0.68, 0.70]]
@@ -75,21 +104,25 @@ class Appearance:
     lip_contrast: float = 0.5  # 1 = lips clearly darker than skin
     noise: float = 0.04  # pixel noise standard deviation
     pose: float = 1.0  # scale of shift/scale/rotation jitter
+    glasses: float = 1.0  # contrast of the glasses' rims against the skin (1 = near black)
     extra: dict[str, float] = field(default_factory=dict)
 
 
 class SynthFaces(BiasDataset):
     """Synthetic CelebA-like faces; image ``i`` is a pure function of (seed, split, i).
 
-    ``correlations`` maps ``(first, second)`` to P(second == first); a value below 0.5 anti-correlates.
-    ``mcc`` gives the same pairs as a target Matthews correlation instead (exact for balanced pairs).
+    ``correlations`` maps ``(first, second)`` to the agreement P(second == first) (below 0.5
+    anti-correlates); ``mcc`` gives pairs a Matthews correlation instead. Either way each attribute
+    keeps its own frequency (``frequencies``; hair colours from ``hair``): the second attribute is
+    drawn given the first from the 2x2 table that has both marginals and the requested strength, so a
+    shortcut can be added without changing how common either attribute is. A strength the two
+    frequencies cannot reach is refused with the range they allow.
     """
 
     attributes = ATTRIBUTES
     region_names = REGION_NAMES
     default_scope = {  # noqa: RUF012 - read-only class default
-        "attributes": ["Smiling"],
-        "protected": ["Black_Hair"],
+        "protected": ["Male", "Young", "Black_Hair"],  # the nuisances: gender, age, hair colour
         "regions": ATTRIBUTE_REGIONS,
     }
 
@@ -113,17 +146,21 @@ class SynthFaces(BiasDataset):
             raise ValueError(f"n must be positive, got {n}")
         self.n, self.split, self.seed, self.image_size = n, split, seed, image_size
         self.appearance = appearance or Appearance()
-        self.correlations = dict(correlations or {})
-        for pair, value in (mcc or {}).items():
-            self.correlations[pair] = (1.0 + value) / 2.0
-        for (a, b), q in self.correlations.items():
-            for name in (a, b):
-                if name not in ATTRIBUTES:
-                    raise ValueError(f"unknown attribute {name!r} in correlations")
-            if not 0.0 <= q <= 1.0:
-                raise ValueError(f"correlation of {(a, b)} must be in [0, 1], got {q}")
-        self.frequencies = {**DEFAULT_FREQUENCIES, **(frequencies or {})}
-        self.hair = {**DEFAULT_HAIR, **(hair or {})}
+        self.hair = _hair_weights({**DEFAULT_HAIR, **(hair or {})}, frequencies or {})
+        self.frequencies = {
+            **DEFAULT_FREQUENCIES,
+            **{k: v for k, v in (frequencies or {}).items() if k not in HAIR_COLOURS},
+        }
+        for name, value in self.frequencies.items():
+            if name not in ATTRIBUTES:
+                raise ValueError(f"unknown attribute {name!r} in frequencies")
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"frequency of {name} must be in (0, 1), got {value}")
+        self.correlations = {**dict(correlations or {}), **dict(mcc or {})}
+        self._joint = {
+            pair: self._joint_rate(pair, value, pair in (mcc or {}))
+            for pair, value in self.correlations.items()
+        }
         self._labels = self._draw_labels()
 
     def __len__(self) -> int:
@@ -134,6 +171,10 @@ class SynthFaces(BiasDataset):
         """All labels ``[n, A]`` (cheap: drawn once at construction, images are drawn on demand)."""
         return self._labels
 
+    def frequency(self, name: str) -> float:
+        """The configured frequency of an attribute (a hair colour's share of faces)."""
+        return self.hair[name] if name in HAIR_COLOURS else self.frequencies[name]
+
     def decorrelated(self, **overrides) -> SynthFaces:
         """The same data recipe with every correlation removed: the balanced counterpart."""
         params = dict(
@@ -143,7 +184,8 @@ class SynthFaces(BiasDataset):
         return SynthFaces(**{**params, **overrides})
 
     def realised_correlations(self) -> dict[tuple[str, str], dict[str, float]]:
-        """For each requested pair: the realised P(second == first) and the Matthews correlation."""
+        """For each requested pair: the realised agreement P(second == first), Matthews correlation
+        and both attributes' realised frequencies (which match the configured ones)."""
         out = {}
         for a, b in self.correlations:
             x = self._labels[:, ATTRIBUTES.index(a)].double()
@@ -151,31 +193,76 @@ class SynthFaces(BiasDataset):
             agree = (x == y).double().mean().item()
             cov = ((x - x.mean()) * (y - y.mean())).mean()
             denom = (x.std(unbiased=False) * y.std(unbiased=False)).item()
-            out[(a, b)] = {"agreement": agree, "mcc": cov.item() / denom if denom > 0 else 0.0}
+            out[(a, b)] = {
+                "agreement": agree,
+                "mcc": cov.item() / denom if denom > 0 else 0.0,
+                "frequency_first": x.mean().item(),
+                "frequency_second": y.mean().item(),
+            }
         return out
+
+    def notes(self) -> list[str]:
+        """One line per requested correlation: requested and realised strength, kept frequencies."""
+        lines = []
+        for (a, b), real in self.realised_correlations().items():
+            lines.append(
+                f"{a}~{b}: requested {self.correlations[(a, b)]:g}, realised agreement "
+                f"{real['agreement']:.3f} (MCC {real['mcc']:.3f}); frequencies {a} "
+                f"{real['frequency_first']:.3f} (set {self.frequency(a):g}), {b} "
+                f"{real['frequency_second']:.3f} (set {self.frequency(b):g})"
+            )
+        return lines
+
+    def _joint_rate(self, pair: tuple[str, str], value: float, is_mcc: bool) -> float:
+        """P(first = 1 and second = 1) that gives ``pair`` the requested agreement (or MCC) with both
+        frequencies kept; a strength outside what the frequencies allow names the allowed range."""
+        a, b = pair
+        for name in pair:
+            if name not in ATTRIBUTES:
+                raise ValueError(f"unknown attribute {name!r} in correlations")
+        if a == b:
+            raise ValueError(f"correlation {a}~{b} pairs an attribute with itself")
+        pa, pb = self.frequency(a), self.frequency(b)
+        low, high = max(0.0, pa + pb - 1.0), min(pa, pb)
+        spread = math.sqrt(pa * (1 - pa) * pb * (1 - pb))
+        if is_mcc:
+            joint = pa * pb + value * spread
+            allowed = ((low - pa * pb) / spread, (high - pa * pb) / spread)
+            kind = "MCC"
+        else:
+            joint = (pa + pb - (1.0 - value)) / 2.0
+            allowed = (1.0 - pa - pb + 2.0 * low, 1.0 - pa - pb + 2.0 * high)
+            kind = "agreement"
+        if not low - 1e-12 <= joint <= high + 1e-12:
+            raise ValueError(
+                f"{kind} {value:g} for {a}~{b} is impossible with frequencies {a} {pa:g} and {b} "
+                f"{pb:g}; they allow {allowed[0]:.3f}..{allowed[1]:.3f}: change the strength or a "
+                f"frequency (e.g. freq={b}@{pa:g})"
+            )
+        return min(max(joint, low), high)
 
     def _draw_labels(self) -> torch.Tensor:
         tag = sc.SPLITS.index(self.split)
         rng = np.random.default_rng([self.seed, tag, 2**31 - 1])
-        u = rng.random((self.n, len(ATTRIBUTES) + 2 * len(self.correlations) + 1))
+        u = rng.random((self.n, len(ATTRIBUTES) + 1))
         labels = np.zeros((self.n, len(ATTRIBUTES)), dtype=np.int64)
         col = {name: i for i, name in enumerate(ATTRIBUTES)}
         for name, p in self.frequencies.items():
             labels[:, col[name]] = u[:, col[name]] < p
         hair_p = np.array([self.hair[h] for h in HAIR_COLOURS], dtype=np.float64)
-        hair = np.searchsorted(np.cumsum(hair_p / hair_p.sum()), u[:, -1], side="right")
+        hair = np.searchsorted(np.cumsum(hair_p), u[:, -1], side="right")
         hair = np.minimum(hair, len(HAIR_COLOURS) - 1)
-        labels[:, [col[h] for h in HAIR_COLOURS]] = np.eye(len(HAIR_COLOURS), dtype=np.int64)[hair]
-        for k, ((a, b), q) in enumerate(self.correlations.items()):
-            flip = u[:, len(ATTRIBUTES) + 2 * k] >= q
-            value = np.where(flip, 1 - labels[:, col[a]], labels[:, col[a]])
+        hair_columns = [col[h] for h in HAIR_COLOURS]
+        labels[:, hair_columns] = np.eye(len(HAIR_COLOURS), dtype=np.int64)[hair]
+        for k, ((a, b), joint) in enumerate(self._joint.items()):
+            # Each pair draws from its own stream: adding a pair leaves every other label as it was.
+            pair_u = np.random.default_rng([self.seed, tag, 2**31 - 2, k]).random((self.n, 2))
+            pa, pb = self.frequency(a), self.frequency(b)
+            given = np.where(labels[:, col[a]] == 1, joint / pa, (pb - joint) / (1.0 - pa))
+            value = (pair_u[:, 0] < given).astype(np.int64)
             if b in HAIR_COLOURS:
-                hair = self._set_hair(
-                    hair, HAIR_COLOURS.index(b), value, u[:, len(ATTRIBUTES) + 2 * k + 1]
-                )
-                labels[:, [col[h] for h in HAIR_COLOURS]] = np.eye(
-                    len(HAIR_COLOURS), dtype=np.int64
-                )[hair]
+                hair = self._set_hair(hair, HAIR_COLOURS.index(b), value, pair_u[:, 1])
+                labels[:, hair_columns] = np.eye(len(HAIR_COLOURS), dtype=np.int64)[hair]
             else:
                 labels[:, col[b]] = value
         return torch.from_numpy(labels).float()
@@ -183,7 +270,8 @@ class SynthFaces(BiasDataset):
     def _set_hair(
         self, hair: np.ndarray, colour: int, value: np.ndarray, u: np.ndarray
     ) -> np.ndarray:
-        """Force hair colour ``colour`` where ``value`` is 1; elsewhere redraw it among the others."""
+        """Force hair colour ``colour`` where ``value`` is 1; elsewhere redraw it among the others
+        where it was that colour (so every other colour keeps its share)."""
         others = np.array([p if i != colour else 0.0 for i, p in enumerate(self.hair.values())])
         redraw = np.searchsorted(np.cumsum(others / others.sum()), u, side="right")
         redraw = np.minimum(redraw, len(HAIR_COLOURS) - 1)
@@ -265,7 +353,7 @@ def _draw(
         "cheekbones": np.minimum(skin * 1.12 + 0.05, 1.0), "nose": skin * 0.88,
         "eye_shadow": np.array([0.45, 0.25, 0.55]), "l_eye": _WHITE, "r_eye": _WHITE,
         "l_iris": _PUPIL, "r_iris": _PUPIL, "l_brow": hair * 0.8 + 0.02, "r_brow": hair * 0.8 + 0.02,
-        "glasses": np.array([0.05, 0.05, 0.08]), "u_lip": np.where(lipstick, [[0.78, 0.08, 0.2]], lip_plain),
+        "glasses": np.array([0.05, 0.05, 0.08]) * look.glasses + skin * (1 - look.glasses), "u_lip": np.where(lipstick, [[0.78, 0.08, 0.2]], lip_plain),
         "mouth": np.array([0.2, 0.05, 0.05]), "teeth": 0.2 + (np.array([0.95, 0.93, 0.88]) - 0.2) * look.teeth, "bangs": hair, "hat": 0.15 + 0.7 * params[:, 9:12],
     }  # fmt: skip
     colours["l_lip"] = colours["u_lip"]

@@ -66,6 +66,18 @@ def percentile_interval(stats: Tensor, confidence: float = 0.95) -> Tensor:
     return torch.nanquantile(stats.to(torch.float64), levels, dim=0)
 
 
+def resampled_means(values: Tensor, weights: Tensor, n_resamples: int, seed: int = 0) -> Tensor:
+    """The weighted mean of every column of ``values [n, K]`` (``weights`` 0/1, same shape) in each
+    resample, ``[n_resamples, K]``; NaN where a resample holds no member of a column. Several
+    columns resampled together share the resamples, so statistics derived from them (a ratio, a
+    lift over chance) get intervals from this one draw."""
+    x, w = values.to(torch.float64), weights.to(torch.float64)
+    wx = w * x
+    return torch.cat(
+        [(counts @ wx) / (counts @ w) for counts in resample_counts(x.shape[0], n_resamples, seed)]
+    )
+
+
 def bootstrap_ci(
     values: Tensor,
     n_resamples: int = 1000,
@@ -87,11 +99,8 @@ def bootstrap_ci(
     column = values.ndim == 1
     x = values.to(torch.float64).reshape(values.shape[0], -1)
     w = torch.ones_like(x) if weights is None else weights.to(torch.float64).reshape(x.shape)
-    n = x.shape[0]
-    wx = w * x
-    mean = wx.sum(0) / w.sum(0)
-    stats = [(counts @ wx) / (counts @ w) for counts in resample_counts(n, n_resamples, seed)]
-    low, high = percentile_interval(torch.cat(stats), confidence)
+    mean = (w * x).sum(0) / w.sum(0)
+    low, high = percentile_interval(resampled_means(x, w, n_resamples, seed), confidence)
     if column:
         return mean[0], low[0], high[0]
     return mean, low, high

@@ -6,6 +6,11 @@ per-attribute probabilities of a binary head, so each group's distribution is a 
 with ``bins`` equal bins ``[k/bins, (k+1)/bins)`` on [0, 1], the last one closed.
 Streaming: only the histograms are kept. To keep KL finite when a bin is empty, each distribution
 is smoothed as ``(P + eps) / (1 + bins * eps)`` before ``KL(P || Q) = sum P log(P / Q)``.
+
+When the true labels are given, the histograms are also kept per label, and KL is reported within
+each label too: a model that predicts alike for both groups among images of the same class has
+zero KL there even where the class itself is more common in one group (real data), which the
+unconditional KL of the paper charges to the model.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pytest_biascheck.metrics.base import Accumulator
 from pytest_biascheck.metrics.inputs import (
+    as_binary,
     check_levels,
     level_onehot,
     level_slices,
@@ -60,12 +67,15 @@ class PredictionDivergence(Accumulator):
         self.groups = check_levels(groups)
         self.bins, self.eps = bins, eps
         levels = sum(self.groups.values())
-        self.add_state(
-            "histogram", torch.zeros(len(self.attributes), levels, bins, dtype=torch.float64), "sum"
-        )
+        a = len(self.attributes)
+        self.add_state("histogram", torch.zeros(a, levels, bins, dtype=torch.float64), "sum")
+        self.add_state("by_label", torch.zeros(a, levels, 2, bins, dtype=torch.float64), "sum")
 
-    def update(self, probabilities: Tensor, groups: Mapping[str, Tensor]) -> None:
-        """Fold in predicted probabilities ``[B, A]`` in [0, 1] and each group's values ``[B]``."""
+    def update(
+        self, probabilities: Tensor, groups: Mapping[str, Tensor], labels: Tensor | None = None
+    ) -> None:
+        """Fold in predicted probabilities ``[B, A]`` in [0, 1], each group's values ``[B]`` and,
+        optionally, the true labels ``[B, A]`` (0/1) for the per-label KL."""
         shape = (probabilities.shape[0], len(self.attributes))
         if tuple(probabilities.shape) != shape:
             raise ValueError(f"probabilities must have shape {shape}, got {probabilities.shape}")
@@ -78,38 +88,47 @@ class PredictionDivergence(Accumulator):
         values = stack_groups(groups, self.groups, shape[0], p.device)
         member = level_onehot(values, self.groups)
         self.accumulate("histogram", torch.einsum("bl,bak->alk", member, onehot))
+        if labels is not None:
+            by_label = F.one_hot(as_binary(labels.to(p.device), "labels", shape), 2).to(p.dtype)
+            self.accumulate("by_label", torch.einsum("bl,bay,bak->alyk", member, by_label, onehot))
 
     def compute(self) -> pd.DataFrame:
-        """KL divergence for every ordered pair of seen values of every group, per attribute."""
-        histogram = self.state("histogram")
-        frames = []
-        for name, part in level_slices(self.groups):
-            block = histogram[:, part]
-            count = block.shape[1]
-            n = block.sum(-1)  # [A, V]
-            kl = kl_matrix(smoothed(block, self.eps))  # [A, V, V]
-            a, i, j = (
-                axis.flatten()
-                for axis in torch.meshgrid(
-                    torch.arange(len(self.attributes)),
-                    torch.arange(count),
-                    torch.arange(count),
-                    indexing="ij",
-                )
-            )
-            keep = ((i != j) & (n[a, i] > 0) & (n[a, j] > 0)).numpy()
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "attribute": np.asarray(self.attributes)[a.numpy()],
-                        "group": name,
-                        "value_p": i.numpy(),
-                        "value_q": j.numpy(),
-                        "n_p": n[a, i].long().numpy(),
-                        "n_q": n[a, j].long().numpy(),
-                        "kl": kl[a, i, j].numpy(),
-                    }
-                )[keep]
-            )
-        columns = ["attribute", "group", "value_p", "value_q", "n_p", "n_q", "kl"]
+        """KL divergence for every ordered pair of seen values of every group, per attribute: over
+        all images (``label`` -1) and, when labels were given, within each true label (0, 1)."""
+        histogram, by_label = self.state("histogram"), self.state("by_label")
+        splits = [(-1, histogram)] + [(y, by_label[:, :, y]) for y in (0, 1)]
+        frames = [
+            self._pairs(name, label, block[:, part])
+            for label, block in splits
+            for name, part in level_slices(self.groups)
+        ]
+        columns = ["attribute", "group", "label", "value_p", "value_q", "n_p", "n_q", "kl"]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    def _pairs(self, name: str, label: int, block: Tensor) -> pd.DataFrame:
+        """Rows of ``KL(P_p || Q_q)`` for one group's histograms ``[A, V, bins]``."""
+        count = block.shape[1]
+        n = block.sum(-1)  # [A, V]
+        kl = kl_matrix(smoothed(block, self.eps))  # [A, V, V]
+        a, i, j = (
+            axis.flatten()
+            for axis in torch.meshgrid(
+                torch.arange(len(self.attributes)),
+                torch.arange(count),
+                torch.arange(count),
+                indexing="ij",
+            )
+        )
+        keep = ((i != j) & (n[a, i] > 0) & (n[a, j] > 0)).numpy()
+        return pd.DataFrame(
+            {
+                "attribute": np.asarray(self.attributes)[a.numpy()],
+                "group": name,
+                "label": label,
+                "value_p": i.numpy(),
+                "value_q": j.numpy(),
+                "n_p": n[a, i].long().numpy(),
+                "n_q": n[a, j].long().numpy(),
+                "kl": kl[a, i, j].numpy(),
+            }
+        )[keep]

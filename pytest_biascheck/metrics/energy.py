@@ -37,6 +37,16 @@ def proportional_energy(maps: Tensor, regions: Tensor) -> Tensor:
     return _ratio(inside, maps.sum((-2, -1), dtype=torch.float64))
 
 
+def chance_energy(regions: Tensor) -> Tensor:
+    """Proportional energy every uninformative map of ``attention.CHANCE`` (uniform: the region's
+    area share; centre prior) puts inside each region ``[..., H, W]``: ``[..., len(CHANCE)]``."""
+    from pytest_biascheck.metrics.attention import uninformative_maps
+
+    chance = uninformative_maps(tuple(regions.shape[-2:]), regions.device)
+    inside = torch.einsum("...hw,khw->...k", regions.to(torch.float64), chance)
+    return inside / chance.sum((-2, -1))
+
+
 def border_shares(maps: Tensor) -> tuple[Tensor, Tensor]:
     """Share of each map's activation in the outer ring of cells and in the four corner cells of its
     own grid (no resizing); 0 for a map without activation."""
@@ -81,7 +91,8 @@ class ProportionalEnergy(Accumulator):
         self, cams: Tensor, regions: Tensor, predictions: Tensor, labels: Tensor | None = None
     ) -> None:
         """Fold in CAMs ``[B, A, h, w]``, regions ``[B, A, H, W]`` or ``[B, H, W]`` at input size,
-        predicted classes ``[B, A]`` (0/1) and, optionally, labels ``[B, A]``."""
+        predicted classes ``[B, A]`` (0/1) and, optionally, labels ``[B, A]``. Images whose region
+        is absent are left out for that attribute (their energy is undefined)."""
         if cams.ndim != 4 or regions.ndim not in (3, 4):
             raise ValueError(
                 "ProportionalEnergy.update needs cams [B, A, h, w], regions [B, A?, H, W]"
@@ -89,8 +100,9 @@ class ProportionalEnergy(Accumulator):
         shape = tuple(cams.shape[:2])
         predicted = as_binary(predictions, "predictions", shape)
         known = None if labels is None else as_binary(labels, "labels", shape)
-        by_class = F.one_hot(predicted, 2).to(cams.device, torch.float64)
         regions = (regions if regions.ndim == 4 else regions[:, None]).to(cams.device)
+        present = ~is_empty(regions.expand(-1, shape[1], -1, -1))
+        by_class = F.one_hot(predicted, 2).to(cams.device, torch.float64) * present[..., None]
         energy = proportional_energy(cams, regions)
         edge, corner = border_shares(cams)
         inactive = is_empty(cams)

@@ -39,14 +39,16 @@ def build_document(entries: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 
 def summarise(checks: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Counts of check outcomes by status: failed (fails the run), warned (severity "warn"),
-    xfailed (known failures of the baseline), passed."""
+    xfailed (known failures of the baseline), passed; ``total`` counts these, ``information`` the
+    values measured as information (not gating)."""
     statuses = [c.get("status") for c in checks]
     return {
         "passed": statuses.count("passed"),
         "failed": statuses.count("FAILED"),
         "warned": statuses.count("warned"),
         "xfailed": statuses.count("xfailed"),
-        "total": len(checks),
+        "total": len(checks) - statuses.count("info"),
+        "information": statuses.count("info"),
     }
 
 
@@ -163,6 +165,7 @@ def _model_document(position: int, entry: Mapping[str, Any]) -> dict[str, Any]:
         "head": results.head,
         "task": plan.task if plan else None,
         "min_group_share": plan.min_group_share if plan else None,
+        "resolution": plan.resolution if plan else None,
         "levels": plan.levels if plan else {},
         "scope": entry.get("scope", {}),
         "summary": summarise(checks),

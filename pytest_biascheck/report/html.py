@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.report import svg
 from pytest_biascheck.report.images import legend_uri
 
@@ -59,12 +60,19 @@ def number(value: Any, digits: int = 3) -> str:
 def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template shows for one model, derived from its part of the document."""
     tables = {name: pd.DataFrame(rows) for name, rows in model.get("tables", {}).items()}
-    checks = list(model.get("checks", []))
+    everything = list(model.get("checks", []))
+    checks = [c for c in everything if c.get("status") != "info"]
     regions = model.get("scope", {}).get("regions", {})
     levels = model.get("levels", {})
+    if "mask_score" in tables and "resolution" in tables["mask_score"]:
+        chosen = model.get("resolution", DEFAULT_RESOLUTION)
+        tables["mask_score"] = tables["mask_score"][tables["mask_score"]["resolution"] == chosen]
+    mask_threshold = threshold(everything, "mask_score")
     return {
         "model": model,
         "checks": sorted(checks, key=lambda c: _ORDER.get(c.get("status"), len(_ORDER))),
+        "information": [c for c in everything if c.get("status") == "info"],
+        "mask_threshold": mask_threshold,
         "fixes": fixes(checks),
         "task": task_view(model.get("task"), tables),
         "attributes": attribute_rows(model.get("attributes", []), tables, regions),
@@ -78,9 +86,7 @@ def model_view(model: Mapping[str, Any], figures: Mapping[str, Any]) -> dict[str
             "heatmap_score",
             threshold(checks, "heatmap_score"),
         ),
-        "bars": svg.bars(
-            mask_bars(tables.get("mask_score"), regions, levels), threshold(checks, "mask_score")
-        ),
+        "bars": svg.bars(mask_bars(tables.get("mask_score"), regions, levels, mask_threshold)),
         "figures": figures,
     }
 
@@ -182,24 +188,36 @@ def mask_bars(
     table: pd.DataFrame | None,
     regions: Mapping[str, str],
     levels: Mapping[str, Sequence[str]] | None = None,
+    lift: float | None = None,
 ) -> list[dict[str, Any]]:
     """Bars of the mask-score chart: each attribute overall (labelled with its region), then each
-    label x protected-group cell (group values by name when ``levels`` names them)."""
+    label x protected-group cell (group values by name when ``levels`` names them), with the
+    cell's chance level and, given the check's ``lift`` threshold, the score it needs."""
     if table is None or table.empty:
         return []
+
+    def marks(row: Mapping[str, Any]) -> dict[str, Any]:
+        chance = row.get("chance")
+        if chance is None or lift is None:
+            return {}
+        return {"needs": chance + lift * (1 - chance)}
+
     out = []
     for attribute, part in table.groupby("attribute", sort=False):
         region = regions.get(attribute, "region")
         for row in _rows(part[part["group"] == ""].sort_values("label")):
             overall = row["label"] == -1
             label = f"{attribute} · {region}" if overall else f"y = {row['label']}"
-            out.append({**row, "value": row["mean"], "level": 0 if overall else 1, "label": label})
+            out.append(
+                {**row, **marks(row), "value": row["mean"], "level": 0 if overall else 1,
+                 "label": label}
+            )  # fmt: skip
         for row in _rows(part[part["group"] != ""]):
             names = (levels or {}).get(row["group"], [])
             value = row["group_value"]
             level = names[value] if value < len(names) else value
             label = f"y = {row['label']}, {row['group']} = {level}"
-            out.append({**row, "value": row["mean"], "level": 1, "label": label})
+            out.append({**row, **marks(row), "value": row["mean"], "level": 1, "label": label})
     return out
 
 

@@ -85,8 +85,9 @@ def bars(
     rows: Sequence[Mapping[str, Any]], threshold: float | None = None, width: int = 440
 ) -> dict[str, Any]:
     """Horizontal bars on [0, 1] for ``rows`` (``value``, optional ``low``/``high``, ``label``), one
-    per line, with an optional vertical threshold line; bars under it are flagged ``below``. A
-    missing value draws no bar."""
+    per line, with an optional vertical threshold line; bars under it are flagged ``below``. A row
+    may carry its own ``chance`` level and the value it ``needs`` (ticks on its bar; a bar under
+    ``needs`` is flagged too). A missing value draws no bar."""
     x0, x1 = BAR_LABEL, width - BAR_RIGHT
     height = BAR_TOP + BAR_ROW * len(rows) + BAR_BOTTOM
 
@@ -105,7 +106,13 @@ def bars(
                 "end": px(row.get("value")),
                 "low": px(row.get("low")),
                 "high": px(row.get("high")),
-                "below": None not in (threshold, row.get("value")) and row["value"] < threshold,
+                "below": row.get("value") is not None
+                and any(
+                    limit is not None and row["value"] < limit
+                    for limit in (threshold, row.get("needs"))
+                ),
+                "chance": px(row.get("chance")),
+                "needs": px(row.get("needs")),
                 "row": row,
             }
             for i, row in enumerate(rows)

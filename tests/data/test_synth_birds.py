@@ -197,3 +197,32 @@ def test_class_reaches_the_pixels_only_through_the_shape_and_colour_gaps() -> No
     for gaps in ({"shape_gap": 0.5, "colour_gap": 0.0}, {"shape_gap": 0.0, "colour_gap": 0.15}):
         seen, seen_swapped = swapped_pair(**gaps)
         assert bool(((seen - seen_swapped).abs().flatten(1).amax(1) > 0.05).all())
+
+
+def test_corner_mark_agrees_with_the_class_in_training_and_is_balanced_in_test():
+    train = SynthBirds(n=4000, split="train", bias=0.5, mark=0.9, seed=3)
+    assert train.group_names == ("place", "mark") and train.region_names[-1] == "mark"
+    agree = (train.groups[:, 1] == train.labels[:, 0].long()).double().mean().item()
+    assert agree == 0.9  # exact: round(n * mark) images agree
+    assert train.realised_bias() == 0.5  # the background shortcut is untouched
+    test = SynthBirds(n=800, split="test", mark=0.9)
+    cells = torch.bincount(
+        4 * test.labels[:, 0].long() + 2 * test.groups[:, 0] + test.groups[:, 1], minlength=8
+    )
+    assert cells.tolist() == [100] * 8
+
+
+def test_corner_mark_pixels_group_and_region_match():
+    data = SynthBirds(n=16, split="test", mark=0.5, image_size=64)
+    batch = data.render(range(16))
+    marked = batch["groups"][:, 1].bool()
+    region = batch["masks"][:, 2]
+    assert torch.equal(region.flatten(1).any(1), marked)
+    side = round(0.08 * 64)
+    assert region[marked].sum((1, 2)).tolist() == [side * side] * int(marked.sum())
+    magenta = batch["image"][marked][:, :, 2, 2]  # inside every mark, whatever the noise
+    assert (magenta[:, 0] > 0.7).all() and (magenta[:, 1] < 0.35).all()
+    assert not (batch["masks"][:, 0] & region).any()  # the bird mask never includes the mark
+    plain = SynthBirds(n=16, split="test").render(range(16))
+    unmarked = ~marked
+    assert torch.equal(plain["image"][unmarked], batch["image"][unmarked])  # same images otherwise

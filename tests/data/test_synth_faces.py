@@ -17,6 +17,7 @@ from pytest_biascheck.data.synth_faces import (
     ATTRIBUTE_REGIONS,
     ATTRIBUTES,
     BIASED_CORRELATIONS,
+    BIASED_FREQUENCIES,
     HAIR_COLOURS,
     Appearance,
     SynthFaces,
@@ -25,8 +26,9 @@ from pytest_biascheck.data.synth_faces import (
 
 
 def test_same_seed_gives_bit_identical_batches_whatever_the_batch():
-    a = SynthFaces(n=50, seed=3, correlations=BIASED_CORRELATIONS)
-    b = SynthFaces(n=50, seed=3, correlations=BIASED_CORRELATIONS)
+    biased = {"correlations": BIASED_CORRELATIONS, "frequencies": BIASED_FREQUENCIES}
+    a = SynthFaces(n=50, seed=3, **biased)
+    b = SynthFaces(n=50, seed=3, **biased)
     alone = a.render([7])
     inside = b.render([2, 7, 30])
     for key in ("image", "labels", "masks", "parts", "landmarks", "index"):
@@ -48,12 +50,46 @@ def test_labels_do_not_depend_on_dataset_length():
 
 
 @pytest.mark.parametrize("q", [0.5, 0.8, 0.95, 0.99])
-def test_realised_agreement_matches_request(q):
-    ds = SynthFaces(n=20000, seed=1, correlations={("Smiling", "Black_Hair"): q})
+def test_realised_agreement_matches_request_and_both_frequencies_stay(q):
+    ds = SynthFaces(
+        n=20000,
+        seed=1,
+        correlations={("Smiling", "Black_Hair"): q},
+        frequencies={"Black_Hair": 0.5},
+    )
     realised = ds.realised_correlations()[("Smiling", "Black_Hair")]
     assert abs(realised["agreement"] - q) < 0.015
     smiling = ds.labels[:, ATTRIBUTES.index("Smiling")]
-    assert abs(smiling.mean().item() - 0.5) < 0.02
+    black = ds.labels[:, ATTRIBUTES.index("Black_Hair")]
+    assert abs(smiling.mean().item() - 0.5) < 0.02 and abs(black.mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "q"), [("Eyeglasses", "Male", 0.9), ("Male", "Wearing_Hat", 0.8)]
+)
+def test_a_correlation_keeps_unequal_frequencies(first, second, q):
+    """P(second == first) = q with P(first) and P(second) as configured: the 2x2 table is
+    p11 = (p1 + p2 - (1 - q)) / 2, checked against the realised counts."""
+    frequencies = {"Eyeglasses": 0.2, "Male": 0.25, "Wearing_Hat": 0.1}
+    ds = SynthFaces(n=40000, seed=6, correlations={(first, second): q}, frequencies=frequencies)
+    x = ds.labels[:, ATTRIBUTES.index(first)]
+    y = ds.labels[:, ATTRIBUTES.index(second)]
+    p1, p2 = frequencies[first], frequencies[second]
+    assert abs(x.mean().item() - p1) < 0.01 and abs(y.mean().item() - p2) < 0.01
+    assert abs((x * y).mean().item() - (p1 + p2 - (1 - q)) / 2) < 0.01
+    assert abs((x == y).float().mean().item() - q) < 0.01
+    others = [a for a in ATTRIBUTES if a not in (first, second, *HAIR_COLOURS)]
+    plain = SynthFaces(n=40000, seed=6, frequencies=frequencies)
+    for name in others:  # every other attribute is drawn exactly as without the correlation
+        column = ATTRIBUTES.index(name)
+        assert torch.equal(ds.labels[:, column], plain.labels[:, column]), name
+
+
+def test_a_strength_the_frequencies_cannot_reach_names_the_allowed_range():
+    with pytest.raises(ValueError, match=r"allow 0\.400\.\.0\.700.*freq=Male@0\.15"):
+        SynthFaces(n=10, correlations={("Eyeglasses", "Male"): 0.95})
+    with pytest.raises(ValueError, match="MCC"):
+        SynthFaces(n=10, mcc={("Eyeglasses", "Male"): 0.9})
 
 
 def test_mcc_target_and_decorrelated_counterpart():
@@ -66,10 +102,29 @@ def test_mcc_target_and_decorrelated_counterpart():
     assert abs(np.corrcoef(x.numpy(), y.numpy())[0, 1]) < 0.03
 
 
-def test_hair_colours_are_one_hot_even_when_forced_by_a_correlation():
-    ds = SynthFaces(n=5000, seed=0, correlations={("Smiling", "Black_Hair"): 0.9})
+def test_hair_colours_are_one_hot_and_keep_their_shares_when_forced_by_a_correlation():
+    ds = SynthFaces(
+        n=20000,
+        seed=0,
+        correlations={("Smiling", "Black_Hair"): 0.9},
+        frequencies={"Black_Hair": 0.5},
+    )
     hair = ds.labels[:, [ATTRIBUTES.index(h) for h in HAIR_COLOURS]]
-    assert torch.equal(hair.sum(1), torch.ones(5000))
+    assert torch.equal(hair.sum(1), torch.ones(20000))
+    # Black_Hair takes 0.5, the other colours share the rest in their default proportions.
+    rest = {h: w for h, w in ds.hair.items() if h != "Black_Hair"}
+    assert ds.hair["Black_Hair"] == 0.5 and sum(ds.hair.values()) == pytest.approx(1.0)
+    for colour, share in rest.items():
+        assert abs(hair[:, HAIR_COLOURS.index(colour)].mean().item() - share) < 0.015, colour
+
+
+def test_notes_report_requested_and_realised_strength():
+    ds = SynthFaces(n=4000, seed=1, correlations={("Eyeglasses", "Male"): 0.7})
+    (line,) = ds.notes()
+    real = ds.realised_correlations()[("Eyeglasses", "Male")]
+    assert line.startswith("Eyeglasses~Male: requested 0.7, realised agreement")
+    assert f"{real['agreement']:.3f}" in line and f"{real['mcc']:.3f}" in line
+    assert "(set 0.15)" in line and "(set 0.45)" in line
 
 
 def test_frequencies_are_honoured():
@@ -151,7 +206,11 @@ def test_bad_arguments_are_rejected():
         SynthFaces(split="dev")
     with pytest.raises(ValueError, match="unknown attribute 'Smile'"):
         SynthFaces(correlations={("Smile", "Male"): 0.9})
-    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"agreement 1.5 .* impossible .* allow 0.050..0.950"):
         SynthFaces(correlations={("Smiling", "Male"): 1.5})
+    with pytest.raises(ValueError, match="with itself"):
+        SynthFaces(correlations={("Male", "Male"): 0.9})
+    with pytest.raises(ValueError, match=r"frequency of Male must be in \(0, 1\)"):
+        SynthFaces(frequencies={"Male": 1.0})
     with pytest.raises(IndexError):
         SynthFaces(n=3).render([3])

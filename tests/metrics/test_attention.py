@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pytest_biascheck.metrics.attention import HeatmapScore, MaskScore, attention_iou
+from pytest_biascheck.metrics.attention import (
+    CENTRE_SIGMA,
+    HeatmapScore,
+    MaskScore,
+    attention_iou,
+    chance_scores,
+    uninformative_maps,
+)
+from pytest_biascheck.metrics.maps import mask_to_cam
+from pytest_biascheck.metrics.scores import CHANCE
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 6))
 values = st.floats(0, 100, allow_subnormal=False)
@@ -89,7 +98,7 @@ def make_batch(n: int = 12):
     return cams, masks, torch.arange(n)
 
 
-def test_mask_score_mask_to_cam_matches_the_paper_per_image() -> None:
+def test_mask_score_on_the_grid_matches_the_paper_per_image() -> None:
     cams, masks, index = make_batch()
     metric = MaskScore(["a", "b"], n_resamples=300)
     metric.update(cams, masks, index)
@@ -112,9 +121,9 @@ def test_mask_score_mask_to_cam_matches_the_paper_per_image() -> None:
     assert (result["low"] <= result["mean"]).all() and (result["mean"] <= result["high"]).all()
 
 
-def test_mask_score_cam_to_mask_upsamples_cams_to_one_shared_mask() -> None:
+def test_mask_score_at_input_size_upsamples_cams_to_one_shared_mask() -> None:
     cams, masks, index = make_batch()
-    metric = MaskScore(["a", "b"], resize="cam_to_mask", n_resamples=50)
+    metric = MaskScore(["a", "b"], resolution="input", n_resamples=50)
     metric.update(cams, masks[:, 0], index)
     big = TF.resize(cams, [16, 16], antialias=True)
     region = masks[:, 0].double().numpy()
@@ -147,3 +156,69 @@ def test_heatmap_score_compares_each_attribute_with_the_reference_map() -> None:
         for j in (0, 1)
     ]
     assert metric.compute()["mean"].to_numpy() == pytest.approx(expected, abs=1e-6)
+
+
+def test_uniform_map_scores_four_f_over_three_f_plus_one_on_a_region_of_area_f() -> None:
+    # A = 1/N everywhere, M = 1/(fN) on the region: <A,M> = 1/N, ||(A+M)/2||^2 = (3 + 1/f) / 4N.
+    for rows in (1, 2, 4, 7):
+        region = torch.zeros(8, 8)
+        region[:rows] = 1
+        f = rows / 8
+        uniform = chance_scores(region)[CHANCE.index("uniform")]
+        assert float(uniform) == pytest.approx(4 * f / (3 * f + 1), abs=1e-12)
+
+
+def test_chance_scores_equal_attention_iou_of_the_uninformative_maps() -> None:
+    reference = torch.rand(3, 2, 5, 7, generator=torch.Generator().manual_seed(4))
+    reference[0, 1] = 0
+    maps = uninformative_maps((5, 7))
+    expected = attention_iou(maps, reference[..., None, :, :].double())
+    assert torch.allclose(chance_scores(reference), expected, atol=1e-12)
+    assert chance_scores(reference)[0, 1].tolist() == [0.0, 0.0]
+
+
+def test_centre_prior_is_a_gaussian_on_the_centre() -> None:
+    centre = uninformative_maps((9, 9))[CHANCE.index("centre")]
+    assert centre.argmax().item() == 4 * 9 + 4 and centre.max().item() == pytest.approx(1.0)
+    # one cell from the middle is 1/9 of the side away
+    assert centre[4, 5].item() == pytest.approx(np.exp(-((1 / 9) ** 2) / (2 * CENTRE_SIGMA**2)))
+    assert torch.allclose(centre, centre.T) and torch.allclose(centre, centre.flip(0))
+
+
+@pytest.mark.parametrize("resolution", ["grid", "input"])
+def test_lift_is_one_for_the_region_itself_zero_for_chance_and_negative_elsewhere(resolution):
+    region = torch.zeros(6, 1, 32, 32, dtype=torch.bool)
+    region[:, 0, :8, :8] = True  # in a corner: the uniform map is the better uninformative map
+    grid = mask_to_cam(region, (8, 8))  # the region itself, as the score sees it on an 8x8 grid
+    flat = torch.ones(6, 1, 8, 8)
+    elsewhere = torch.zeros(6, 1, 8, 8)
+    elsewhere[..., 7, 7] = 1
+    results = {}
+    for name, cams in (("region", grid), ("flat", flat), ("elsewhere", elsewhere)):
+        metric = MaskScore(["a"], resolution=resolution, n_resamples=20)
+        metric.update(cams, region, torch.arange(6))
+        results[name] = metric.compute().iloc[0]
+    if resolution == "grid":
+        assert results["region"]["mean"] == pytest.approx(1.0)
+        assert results["region"]["lift"] == pytest.approx(1.0)
+    assert results["region"]["lift"] > 0.8
+    flat_row = results["flat"]
+    assert flat_row["chance_uniform"] > flat_row["chance_centre"]
+    assert flat_row["chance"] == flat_row["chance_uniform"]
+    assert flat_row["mean"] == pytest.approx(flat_row["chance_uniform"], abs=1e-6)  # float32 maps
+    assert flat_row["lift"] == pytest.approx(0.0, abs=1e-6)
+    assert results["elsewhere"]["lift"] < 0
+    lifted = results["region"]
+    assert lifted["lift_low"] <= lifted["lift"] <= lifted["lift_high"]
+
+
+def test_images_without_the_region_do_not_count() -> None:
+    cams, masks, index = make_batch()
+    masks[:5, 1] = False  # the second attribute's region is absent in five images
+    metric = MaskScore(["a", "b"], n_resamples=50)
+    metric.update(cams, masks, index)
+    overall = metric.compute().set_index("attribute")
+    assert overall["n"].tolist() == [12, 7]
+    alone = MaskScore(["b"], n_resamples=50)
+    alone.update(cams[5:, 1:], masks[5:, 1:], index[5:])
+    assert overall.loc["b", "mean"] == pytest.approx(alone.compute()["mean"].iloc[0], abs=1e-12)

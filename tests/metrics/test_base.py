@@ -91,8 +91,8 @@ CASES: dict[str, tuple[Factory, Feed]] = {
         lambda: MaskScore(ATTRIBUTES, {"Male": 2}, n_resamples=200),
         lambda m, d: m.update(d["cams"], d["masks"], d["index"], d["labels"], {"Male": d["male"]}),
     ),
-    "mask_score_cam_to_mask": (
-        lambda: MaskScore(ATTRIBUTES, resize="cam_to_mask", n_resamples=200),
+    "mask_score_at_input_size": (
+        lambda: MaskScore(ATTRIBUTES, resolution="input", n_resamples=200),
         lambda m, d: m.update(d["cams"], d["masks"][:, 0], d["index"]),
     ),
     "heatmap_score": (

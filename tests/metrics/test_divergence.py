@@ -48,3 +48,33 @@ def test_probabilities_outside_the_unit_interval_are_refused() -> None:
     metric = PredictionDivergence(["a"], {"Male": 2})
     with pytest.raises(ValueError, match="sigmoid"):
         metric.update(torch.tensor([[1.5]]), {"Male": torch.tensor([0])})
+
+
+def test_within_label_kl_matches_per_label_histograms() -> None:
+    g = torch.Generator().manual_seed(7)
+    n = 600
+    male = torch.randint(0, 2, (n,), generator=g)
+    labels = torch.randint(0, 2, (n, 1), generator=g)
+    probabilities = torch.rand(n, 1, generator=g, dtype=torch.float64) ** (1 + male[:, None])
+    metric = PredictionDivergence(["a"], {"Male": 2}, bins=4, eps=1e-4)
+    metric.update(probabilities, {"Male": male}, labels)
+    result = metric.compute()
+    assert sorted(set(result["label"])) == [-1, 0, 1]
+    for row in result[result["label"] >= 0].itertuples():
+        inside = labels[:, 0] == row.label
+        p = smoothed(probabilities[inside & (male == row.value_p), 0].numpy(), 4, 1e-4)
+        q = smoothed(probabilities[inside & (male == row.value_q), 0].numpy(), 4, 1e-4)
+        assert row.kl == pytest.approx(entropy(p, q), abs=1e-12)
+
+
+def test_predictions_from_the_label_alone_have_no_within_label_kl() -> None:
+    # The label is far more common in one group (as Blond_Hair among women); the predictions read
+    # the label only, so the groups' predictions differ overall but not within a label.
+    labels = torch.tensor([[1]] * 80 + [[0]] * 20 + [[1]] * 20 + [[0]] * 80)
+    male = torch.tensor([0] * 100 + [1] * 100)
+    probabilities = torch.where(labels == 1, 0.9, 0.1).double()
+    metric = PredictionDivergence(["a"], {"Male": 2})
+    metric.update(probabilities, {"Male": male}, labels)
+    result = metric.compute()
+    assert (result[result["label"] == -1]["kl"] > 0.5).all()
+    assert result[result["label"] >= 0]["kl"].tolist() == pytest.approx([0.0] * 4, abs=1e-12)

@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pytest_biascheck.metrics.energy import ProportionalEnergy, border_shares, proportional_energy
+from pytest_biascheck.metrics.attention import uninformative_maps
+from pytest_biascheck.metrics.energy import (
+    ProportionalEnergy,
+    border_shares,
+    chance_energy,
+    proportional_energy,
+)
+from pytest_biascheck.metrics.scores import CHANCE
 
 
 def energy(cam, region) -> float:
@@ -107,3 +114,31 @@ def test_given_training_frequency_overrides_labels_and_a_tie_is_balanced() -> No
     assert result.loc[("a", 1), "role"] == "minority" and result.loc[("a", 0), "role"] == "majority"
     assert set(result.loc["b", "role"]) == {"balanced"}
     assert result.loc[("a", 1), "n"] == 4 and np.isnan(result.loc[("a", 0), "energy"])
+
+
+def test_chance_energy_is_the_area_share_for_the_uniform_map() -> None:
+    regions = torch.zeros(3, 10, 10)
+    regions[0, :5] = 1
+    regions[1, :1, :1] = 1
+    chance = chance_energy(regions)
+    assert chance[:, CHANCE.index("uniform")].tolist() == pytest.approx([0.5, 0.01, 0.0])
+    centre = uninformative_maps((10, 10))[CHANCE.index("centre")]
+    assert chance[0, CHANCE.index("centre")] == pytest.approx(
+        float(centre[:5].sum() / centre.sum())
+    )
+    flat = proportional_energy(torch.ones(3, 10, 10), regions)
+    assert torch.allclose(flat, chance[:, CHANCE.index("uniform")])
+
+
+def test_images_without_the_region_are_left_out() -> None:
+    g = torch.Generator().manual_seed(5)
+    cams = torch.rand(10, 1, 4, 4, generator=g)
+    regions = torch.rand(10, 1, 4, 4, generator=g) > 0.5
+    regions[:4] = False
+    predictions = torch.ones(10, 1, dtype=torch.long)
+    metric = ProportionalEnergy(["a"])
+    metric.update(cams, regions, predictions)
+    result = metric.compute().set_index("predicted")
+    assert result.loc[1, "n"] == 6
+    expected = proportional_energy(cams[4:, 0], regions[4:, 0]).mean()
+    assert result.loc[1, "energy"] == pytest.approx(float(expected))

@@ -9,7 +9,7 @@ import torch
 
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
-from pytest_biascheck.metrics.scores import ANY, CellScores
+from pytest_biascheck.metrics.scores import ANY, CHANCE, CellScores, lift
 
 N = 90
 
@@ -83,3 +83,33 @@ def test_groups_must_match_the_declaration() -> None:
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="keys"):
         metric.add_scores(scores, empty, torch.arange(N), labels)
+
+
+def test_lift_over_chance_and_its_interval_come_from_the_same_resamples() -> None:
+    scores, empty, labels, place = random_inputs()
+    g = torch.Generator().manual_seed(3)
+    chance = torch.rand(N, 2, len(CHANCE), generator=g, dtype=torch.float64) * 0.5
+    counted = torch.rand(N, 2, generator=g) > 0.2
+    metric = CellScores(["a", "b"], {"place": 3}, n_resamples=200, chance=True)
+    metric.add_scores(scores, empty, torch.arange(N), labels, {"place": place}, chance, counted)
+    overall = metric.compute().query("label == -1 and group == ''").set_index("attribute")
+    for j, name in enumerate(("a", "b")):
+        keep = counted[:, j]
+        row = overall.loc[name]
+        assert row["n"] == int(keep.sum())
+        assert row["mean"] == pytest.approx(float(scores[keep, j].mean()), abs=1e-12)
+        means = chance[keep, j].mean(0)
+        assert [row["chance_uniform"], row["chance_centre"]] == pytest.approx(means.tolist())
+        level = float(means.max())
+        assert row["chance"] == pytest.approx(level)
+        assert row["lift"] == pytest.approx((row["mean"] - level) / (1 - level), abs=1e-12)
+        assert row["lift_low"] < row["lift"] < row["lift_high"]
+    assert float(lift(torch.tensor(0.5), torch.tensor(1.0))) != float(
+        lift(torch.tensor(0.5), torch.tensor(1.0))
+    )
+
+
+def test_chance_scores_are_required_exactly_when_declared() -> None:
+    scores, empty, *_ = random_inputs()
+    with pytest.raises(ValueError, match="chance"):
+        CellScores(["a", "b"], chance=True).add_scores(scores, empty, torch.arange(N))

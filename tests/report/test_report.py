@@ -49,7 +49,7 @@ EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 
 
 def evaluate_tiny(checkpoint: Path) -> Results:
     """A tiny model's Results on 48 small SynthFaces images (Male is predicted: heatmap scores)."""
-    plan = Plan(ATTRIBUTES, PROTECTED, REGIONS, bootstrap=50, leakage=True)
+    plan = Plan(ATTRIBUTES, PROTECTED, REGIONS, bootstrap=50, feature_probe=True)
     data = SynthFaces(n=48, image_size=32)
     return evaluate(load_checkpoint(checkpoint), data, "synthfaces:n=48", plan, batch_size=16)
 
@@ -145,7 +145,7 @@ def test_json_is_strict_and_counts_match_the_outcomes(
     assert document["schema"] == SCHEMA == "biascheck-report/1"
     assert document["summary"] == {
         "passed": statuses["passed"], "failed": statuses["FAILED"], "warned": 0, "xfailed": 0,
-        "total": len(outcomes),
+        "total": len(outcomes) - statuses["info"], "information": statuses["info"],
     }  # fmt: skip
     assert statuses["FAILED"] > 0 and statuses["passed"] > 0
     assert dt.datetime.fromisoformat(document["created"]).tzinfo is not None

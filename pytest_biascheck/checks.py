@@ -200,12 +200,41 @@ def _lift(row: pd.Series, score: str) -> Measurement:
 
 
 def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
-    """Lift of the Attention-IoU mask score over chance, at the planned resolution, over the images
-    that have the region."""
-    resolution = results.plan.resolution if results.plan else DEFAULT_RESOLUTION
-    row = _overall_row(results.table("mask_score"), target.attribute, resolution=resolution)
-    found = _lift(row, "Attention-IoU")
-    return replace(found, detail=f"{found.detail}; maps compared at the {resolution} resolution")
+    """Lift over chance of the Attention-IoU mask score in its worst cell, at the planned
+    resolution, over the images that have the region: the lowest over the label x protected-group
+    cells holding ``min_group_share`` of the images (the label cells when no group is protected),
+    as worst-group accuracy reads accuracy. A shortcut shows where it disagrees with the label:
+    there the map leaves the region."""
+    plan = results.plan
+    resolution = plan.resolution if plan else DEFAULT_RESOLUTION
+    table = results.table("mask_score")
+    mine = table[(table["attribute"] == target.attribute) & (table["resolution"] == resolution)]
+    overall = _overall_row(mine, target.attribute)
+    least = (plan.min_group_share if plan else 0.0) * len(results.frame)
+    labelled = mine[(mine["label"] >= 0) & (mine["n"] >= max(least, 1))]
+    cells = labelled[labelled["group"] != ""]
+    cells = cells if len(cells) else labelled[labelled["group"] == ""]
+    worst = cells.loc[cells["lift"].idxmin()] if len(cells) else overall
+    found = _lift(worst, "Attention-IoU")
+    where = _cell_name(worst, target.attribute, plan)
+    overall_lift = f"{overall['lift']:.3f} over all {int(overall['n'])} images with the region"
+    return replace(
+        found,
+        detail=f"worst cell {where}: {found.detail}; overall lift {overall_lift}; maps compared "
+        f"at the {resolution} resolution",
+    )
+
+
+def _cell_name(row: pd.Series, attribute: str, plan: Any) -> str:
+    """``Smiling=1, Black_Hair=0`` for a label x group cell, ``Smiling=1`` for a label cell."""
+    if row["label"] < 0:
+        return "all images"
+    name = f"{attribute}={int(row['label'])}"
+    if row["group"] == "":
+        return name
+    levels = plan.levels.get(row["group"], ()) if plan else ()
+    value = int(row["group_value"])
+    return f"{name}, {row['group']}={levels[value] if value < len(levels) else value}"
 
 
 def heatmap_score(results: Results, target: Target, scope: Scope) -> Measurement:
@@ -284,8 +313,8 @@ def _group_stat(stat: str) -> Callable[[Results, Target, Scope], Measurement]:
 
 
 def leakage(results: Results, target: Target, scope: Scope) -> Measurement:
-    """How far from a coin flip the attribute's score tells the protected group's values apart
-    among images of the same true label (|2 AUC - 1|, worst value, labels weighted)."""
+    """How much the attribute's predicted probability depends on the protected group among images
+    of the same true label: the largest difference between groups' mean probabilities."""
     table = results.table("leakage")
     rows = table[(table["attribute"] == target.attribute) & (table["group"] == target.other)]
     if rows.empty:
@@ -402,7 +431,7 @@ BUILTIN: tuple[Check, ...] = (
           REBALANCE, per_group, _group_stat("fpr_gap")),
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),
-    Check("leakage", "max", 0.2, "how well the attribute's score tells the protected group apart among images of the same label (|2 AUC - 1|)",
+    Check("leakage", "max", 0.1, "largest difference between groups in the mean predicted probability among images of the same true label",
           JLU, per_group, leakage),
     Check("feature_leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features (JLU)",
           JLU_LEAKAGE, per_protected, feature_leakage, gate=False, why=WHY["feature_leakage"], bounds=(-1.0, 1.0)),

@@ -390,19 +390,22 @@ def _task_intervals(summary: pd.DataFrame, results: Results) -> pd.DataFrame:
 
 
 def _prediction_leakage(results: Results) -> pd.DataFrame:
-    """Leakage of every protected group into every attribute's (class's) score, within labels."""
+    """Leakage of every protected group into every attribute's (class's) predicted probability,
+    within labels (a multiclass head's probabilities are its softmax)."""
     plan = results.plan
     least = max(1, math.ceil(plan.min_group_share * len(results.frame)))
+    logits = torch.from_numpy(np.stack([results.column("z", a) for a in plan.attributes], 1))
+    multiclass = results.head == "multiclass"
+    probabilities = logits.double().softmax(1) if multiclass else logits.double().sigmoid()
     rows = []
-    for attribute in plan.attributes:
-        score = torch.from_numpy(results.column("z", attribute).astype(np.float64))
+    for i, attribute in enumerate(plan.attributes):
         label = torch.from_numpy(results.label(attribute))
         for group in plan.protected:
             if attribute in group_parts(group):
                 continue
             values = torch.from_numpy(results.column("g", group).astype(np.int64))
             value, low, high, n = prediction_leakage(
-                score, label, values, least, plan.bootstrap, seed=plan.seed
+                probabilities[:, i], label, values, least, plan.bootstrap, seed=plan.seed
             )
             rows.append({"attribute": attribute, "group": group, "value": value, "low": low,
                          "high": high, "n": n})  # fmt: skip

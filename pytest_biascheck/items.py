@@ -128,7 +128,8 @@ class CheckItem(pytest.Item):
             "direction": self.check.direction, "met": met, "status": status,
             "severity": severity, "recipe": self.fix(),
             "baseline": before, "change": change,
-            "description": self.check.description, "index": self.index,
+            "description": self.check.description, "detail": measured.detail,
+            "index": self.index,
         }  # fmt: skip
         self._record_properties(measured, threshold)
         if status == "xfailed":

@@ -51,13 +51,14 @@ REGION_PARTS: dict[str, tuple[str, ...]] = {
 REGION_NAMES: tuple[str, ...] = tuple(REGION_PARTS)
 
 #: The region of each CelebA attribute that has one of its own in CelebAMask-HQ's part maps: what a
-#: model should look at for it (the default regions of mask scores on CelebAMask-HQ).
+#: model should look at for it (the default regions of mask scores on CelebAMask-HQ). Bangs are
+#: left out: they fill only a strip of the hair region.
 CELEBA_REGIONS: dict[str, str] = {
     "Smiling": "mouth", "Mouth_Slightly_Open": "mouth", "Wearing_Lipstick": "mouth",
     "Big_Lips": "mouth", "Eyeglasses": "eyeglasses", "Narrow_Eyes": "eyes",
     "Bags_Under_Eyes": "eyes", "Arched_Eyebrows": "eyebrows", "Bushy_Eyebrows": "eyebrows",
     "Big_Nose": "nose", "Pointy_Nose": "nose", "Black_Hair": "hair", "Blond_Hair": "hair",
-    "Brown_Hair": "hair", "Gray_Hair": "hair", "Bangs": "hair", "Wavy_Hair": "hair",
+    "Brown_Hair": "hair", "Gray_Hair": "hair", "Wavy_Hair": "hair",
     "Straight_Hair": "hair", "Wearing_Hat": "hat", "Wearing_Earrings": "earrings",
     "Wearing_Necklace": "necklace",
 }  # fmt: skip

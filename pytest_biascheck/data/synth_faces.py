@@ -37,6 +37,11 @@ ATTRIBUTE_REGIONS: dict[str, str] = {
     "Wearing_Earrings": "earrings", "Wearing_Necklace": "necklace",
 }  # fmt: skip
 
+#: The regions mask scores use when the config names none: an attribute's region unless its
+#: drawing covers only a small part of it (bangs are a strip of the hair: a model looking right at
+#: them scores a lift of 0.10 against the whole hair, against 0.15 for Smiling's mouth).
+DEFAULT_REGIONS: dict[str, str] = {a: r for a, r in ATTRIBUTE_REGIONS.items() if a != "Bangs"}
+
 DEFAULT_FREQUENCIES: dict[str, float] = {
     "Smiling": 0.5, "Mouth_Slightly_Open": 0.45, "Wearing_Lipstick": 0.45, "Heavy_Makeup": 0.4,
     "High_Cheekbones": 0.45, "Eyeglasses": 0.15, "Bushy_Eyebrows": 0.2, "Big_Nose": 0.25,
@@ -123,7 +128,7 @@ class SynthFaces(BiasDataset):
     region_names = REGION_NAMES
     default_scope = {  # noqa: RUF012 - read-only class default
         "protected": ["Male", "Young", "Black_Hair"],  # the nuisances: gender, age, hair colour
-        "regions": ATTRIBUTE_REGIONS,
+        "regions": DEFAULT_REGIONS,
     }
 
     def __init__(

@@ -1,6 +1,6 @@
 """Leakage of a protected attribute. Into the features: the JLU paper's probe (how well a linear
 classifier recovers the attribute from penultimate features) and its "% unlearned". Into the
-predictions: how well the attribute can be told from the model's score among images of the same
+predictions: how much the predicted probability depends on the attribute among images of the same
 true label, which is 0 for a model whose output ignores the attribute even where the attribute is
 plainly visible in the image (the features of any model encode a visible background)."""
 
@@ -27,23 +27,8 @@ def percent_unlearned(blind: float, baseline: float, chance: float) -> float:
     return 100.0 * (baseline - blind) / (baseline - chance)
 
 
-def weighted_auc(scores: Tensor, positive: Tensor, weights: Tensor) -> Tensor:
-    """Area under the ROC curve of ``scores [m]`` separating ``positive`` (bool ``[m]``) from the
-    other items, each item counted ``weights [..., m]`` times (one row per bootstrap resample); ties
-    count one half. NaN where a row holds no positive or no negative item."""
-    order = torch.argsort(scores, stable=True)
-    s, pos, w = scores[order], positive[order], weights[..., order].to(torch.float64)
-    neg_w = w * (~pos)
-    cum = torch.nn.functional.pad(torch.cumsum(neg_w, -1), (1, 0))  # negatives before position k
-    under = cum[..., torch.searchsorted(s, s, side="left")]  # negatives with a lower score
-    tied = cum[..., torch.searchsorted(s, s, side="right")] - under
-    hits = (w * pos * (under + 0.5 * tied)).sum(-1)
-    pairs = (w * pos).sum(-1) * neg_w.sum(-1)
-    return torch.where(pairs > 0, hits / torch.where(pairs > 0, pairs, 1.0), torch.nan)
-
-
 def prediction_leakage(
-    scores: Tensor,
+    probabilities: Tensor,
     labels: Tensor,
     groups: Tensor,
     min_count: int = 1,
@@ -51,38 +36,35 @@ def prediction_leakage(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float, float, int]:
-    """(value, low, high, n): how far from a coin flip the model's ``scores [n]`` tell a protected
-    group's values apart among images of the same true label (``labels [n]``, any number of
-    classes): ``|2 AUC - 1|`` of each group value against the rest within each label, averaged over
-    labels weighted by their images, and the largest over values. 0 when the scores carry nothing
-    about the group beyond the label, 1 when they separate it perfectly. Label x value cells under
-    ``min_count`` images are left out; the interval is a percentile bootstrap over images."""
-    scores, labels, groups = scores.double(), labels.long(), groups.long()
-    n = scores.shape[0]
+    """(value, low, high, n): how much the model's predicted probability (``[n]``) depends on a
+    protected group among images of the same true label (``labels [n]``, any number of classes):
+    within each label, the largest difference between the group values' mean probabilities (the
+    balance for the positive and the negative class of Kleinberg et al.), and the largest over the
+    labels. 0 when the prediction carries nothing about the group beyond the label, 1 when the
+    group alone decides it. Label x value cells under ``min_count`` images are left out; the
+    interval is a percentile bootstrap over images."""
+    p, labels, groups = probabilities.double(), labels.long(), groups.long()
+    n = p.shape[0]
+    label_values, label_index = labels.unique(return_inverse=True)
+    group_values, group_index = groups.unique(return_inverse=True)
+    width = len(group_values)
+    cell = F.one_hot(label_index * width + group_index, len(label_values) * width).double()
+    kept = cell.sum(0) >= min_count
+    per_label = kept.view(len(label_values), width)
+    usable = per_label.sum(1) >= 2  # a label needs two group values to compare
+    if not usable.any():
+        return float("nan"), float("nan"), float("nan"), 0
     # Row 0 counts every image once (the value itself); the other rows are the resamples.
     counts = torch.cat(
         [torch.ones(1, n, dtype=torch.float64), *resample_counts(n, n_resamples, seed)]
     )
-    per_value, used = [], torch.zeros(n, dtype=torch.bool)
-    for value in groups.unique().tolist():
-        gaps, sizes = [], []
-        for label in labels.unique().tolist():
-            inside = labels == label
-            member = groups[inside] == value
-            if min(int(member.sum()), int((~member).sum())) < min_count:
-                continue
-            weights = counts[:, inside]
-            gaps.append((2 * weighted_auc(scores[inside], member, weights) - 1).abs())
-            sizes.append(weights.sum(-1))
-            used |= inside
-        if gaps:
-            size = torch.stack(sizes)
-            per_value.append((torch.stack(gaps) * size).nansum(0) / size.sum(0))
-    if not per_value:
-        return float("nan"), float("nan"), float("nan"), 0
-    leak = torch.stack(per_value).amax(0)
+    means = (counts @ (cell * p[:, None])) / (counts @ cell)  # [1 + R, cells]
+    means = means.view(-1, len(label_values), width).masked_fill(~per_label, torch.nan)
+    gaps = means.nan_to_num(-torch.inf).amax(-1) - means.nan_to_num(torch.inf).amin(-1)
+    leak = gaps[:, usable].amax(-1)
     low, high = percentile_interval(leak[1:], confidence)
-    return float(leak[0]), float(low), float(high), int(used.sum())
+    counted = int((cell[:, kept.view(-1)].sum(1) * usable[label_index]).sum())
+    return float(leak[0]), float(low), float(high), counted
 
 
 def fit_probe(

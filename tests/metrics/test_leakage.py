@@ -6,14 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from pytest_biascheck.metrics.leakage import (
     LeakageProbe,
     fit_probe,
     percent_unlearned,
     prediction_leakage,
-    weighted_auc,
 )
 
 
@@ -80,67 +78,42 @@ def test_reference_accuracy_gives_percent_unlearned_column() -> None:
 # --- leakage into the predictions --------------------------------------------------------------
 
 
-def test_weighted_auc_matches_sklearn_with_ties_and_weights() -> None:
-    g = torch.Generator().manual_seed(8)
-    scores = torch.randint(0, 12, (400,), generator=g).double()  # many ties
-    positive = torch.rand(400, generator=g) < 0.3
-    weights = torch.randint(0, 4, (3, 400), generator=g).double()  # three resamples at once
-    got = weighted_auc(scores, positive, weights)
-    for row, w in zip(got, weights, strict=True):
-        expected = roc_auc_score(positive.numpy(), scores.numpy(), sample_weight=w.numpy())
-        assert float(row) == pytest.approx(expected, abs=1e-12)
-    assert torch.isnan(weighted_auc(scores, torch.zeros(400, dtype=torch.bool), weights)).all()
-
-
-def test_scores_that_ignore_the_group_leak_nothing_even_when_the_label_does() -> None:
+def test_predictions_that_ignore_the_group_leak_nothing_even_when_the_label_does() -> None:
     g = torch.Generator().manual_seed(9)
     n = 4000
     label = torch.randint(0, 2, (n,), generator=g)
-    # The group agrees with the label in 90% of images (as real data can), the score reads the
-    # label only: the unconditional AUC of the score for the group would be far from 0.5.
+    # The group agrees with the label in 90% of images (as real data can), the prediction reads
+    # the label only: the groups' mean predictions differ by 0.6 overall, not within a label.
     group = torch.where(torch.rand(n, generator=g) < 0.9, label, 1 - label)
-    score = 3.0 * label + torch.randn(n, generator=g, dtype=torch.float64)
-    value, low, high, counted = prediction_leakage(score, label, group, n_resamples=200)
-    assert value < 0.08 and low <= value <= high and counted == n
-    unconditional = abs(2 * roc_auc_score(group.numpy(), score.numpy()) - 1)
-    assert unconditional > 0.6
+    p = torch.sigmoid(3.0 * (2 * label - 1) + torch.randn(n, generator=g, dtype=torch.float64))
+    value, low, high, counted = prediction_leakage(p, label, group, n_resamples=200)
+    assert value < 0.02 and low <= value <= high and counted == n
+    assert abs(p[group == 1].mean() - p[group == 0].mean()) > 0.6
 
 
-def test_scores_that_read_the_group_leak_in_proportion() -> None:
+def test_the_value_is_the_largest_gap_in_mean_probability_within_a_label() -> None:
     g = torch.Generator().manual_seed(10)
-    n = 4000
+    n = 3000
     label, group = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
-    noise = torch.randn(n, generator=g, dtype=torch.float64)
-    perfect = prediction_leakage(label + 10.0 * (group == 2), label, group, n_resamples=50)
-    assert perfect[0] == pytest.approx(1.0)  # value 2 against the rest: separated in each label
-    weak = prediction_leakage(noise + 0.5 * (group == 1), label, group, n_resamples=200)[0]
-    strong = prediction_leakage(noise + 1.5 * (group == 1), label, group, n_resamples=200)[0]
-    assert 0.1 < weak < strong < 1.0
-    # By hand: within each label, |2 AUC - 1| of group value 1 against the rest, label-weighted.
-    hand = (
-        sum(
-            (label == y).sum().item()
-            * abs(
-                2
-                * roc_auc_score(
-                    (group[label == y] == 1).numpy(),
-                    (noise + 1.5 * (group == 1))[label == y].numpy(),
-                )
-                - 1
-            )
-            for y in (0, 1)
-        )
-        / n
+    p = torch.rand(n, generator=g, dtype=torch.float64) * 0.2 + 0.3 * (group == 1) * label
+    value, low, high, _ = prediction_leakage(p, label, group, n_resamples=300)
+    by_hand = max(
+        max(p[(label == y) & (group == v)].mean().item() for v in range(3))
+        - min(p[(label == y) & (group == v)].mean().item() for v in range(3))
+        for y in (0, 1)
     )
-    assert strong == pytest.approx(hand, abs=1e-12)  # value 1 is the worst and is reported
+    assert value == pytest.approx(by_hand, abs=1e-12)
+    assert low < value < high and 0.25 < value < 0.35
+    only_group = prediction_leakage(group.eq(2).double(), label, group, n_resamples=50)
+    assert only_group[0] == 1.0  # the group alone decides the prediction
 
 
 def test_cells_under_the_minimum_count_are_left_out() -> None:
     label = torch.tensor([0] * 50 + [1] * 50)
     group = torch.tensor([0] * 48 + [1] * 2 + [0] * 25 + [1] * 25)
-    score = torch.arange(100).double()
-    value, _, _, counted = prediction_leakage(score, label, group, min_count=5, n_resamples=20)
-    assert counted == 50  # label 0 holds only 2 images of group 1
-    assert value == 1.0  # in label 1 the scores of group 1 are all above those of group 0
-    none = prediction_leakage(score, label, group, min_count=60, n_resamples=20)
+    p = torch.cat([torch.zeros(48), torch.ones(2), torch.full((25,), 0.2), torch.full((25,), 0.7)])
+    value, _, _, counted = prediction_leakage(p, label, group, min_count=5, n_resamples=20)
+    assert counted == 50  # label 0 holds only 2 images of group 1: it cannot be compared
+    assert value == pytest.approx(0.5)  # label 1: 0.7 against 0.2; label 0's gap of 1 is left out
+    none = prediction_leakage(p, label, group, min_count=60, n_resamples=20)
     assert none[3] == 0 and none[0] != none[0]  # NaN: nothing measurable

@@ -201,19 +201,21 @@ def _lift(row: pd.Series, score: str) -> Measurement:
 
 def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
     """Lift over chance of the Attention-IoU mask score in its worst cell, at the planned
-    resolution, over the images that have the region: the lowest over the label x protected-group
-    cells holding ``min_group_share`` of the images (the label cells when no group is protected),
-    as worst-group accuracy reads accuracy. A shortcut shows where it disagrees with the label:
-    there the map leaves the region."""
+    resolution, over the images that have the region and show the attribute: the lowest over the
+    protected groups' cells of positive images holding ``min_group_share`` of the images (all
+    positive images when no group is protected), as worst-group accuracy reads accuracy. A shortcut
+    shows where it disagrees with the label: there the map leaves the region. Negative images are
+    left out because what a model should look at to say "absent" is not the region alone (a
+    balanced bird model's map of a landbird scores 0.05 over chance, its waterbirds 0.45)."""
     plan = results.plan
     resolution = plan.resolution if plan else DEFAULT_RESOLUTION
     table = results.table("mask_score")
     mine = table[(table["attribute"] == target.attribute) & (table["resolution"] == resolution)]
     overall = _overall_row(mine, target.attribute)
     least = (plan.min_group_share if plan else 0.0) * len(results.frame)
-    labelled = mine[(mine["label"] >= 0) & (mine["n"] >= max(least, 1))]
-    cells = labelled[labelled["group"] != ""]
-    cells = cells if len(cells) else labelled[labelled["group"] == ""]
+    positive = mine[(mine["label"] == 1) & (mine["n"] >= max(least, 1))]
+    cells = positive[positive["group"] != ""]
+    cells = cells if len(cells) else positive[positive["group"] == ""]
     worst = cells.loc[cells["lift"].idxmin()] if len(cells) else overall
     found = _lift(worst, "Attention-IoU")
     where = _cell_name(worst, target.attribute, plan)
@@ -411,7 +413,7 @@ BUILTIN: tuple[Check, ...] = (
           AFFACT_B, per_task, accuracy),
     Check("class_accuracy", "min", 0.5, "per-class accuracy of a multiclass head: share of the class's images predicted as that class",
           AFFACT_B, per_class, class_accuracy),
-    Check("mask_score", "min", 0.1, "lift of the Attention-IoU mask score over chance: 0 for a map that ignores the image, 1 for the region itself",
+    Check("mask_score", "min", 0.07, "lift over chance of the Attention-IoU mask score in the worst protected group of images showing the attribute: 0 for a map that ignores the image, 1 for the region itself",
           ROI_IOU, per_region, mask_score, bounds=LIFT),
     Check("heatmap_score", "max", 0.5, "lift over chance of the heatmap score: how much the attribute's CAM overlaps the protected attribute's",
           CRAYON, per_predicted_group, heatmap_score, gate=False, why=WHY["heatmap_score"], bounds=LIFT),
@@ -431,7 +433,7 @@ BUILTIN: tuple[Check, ...] = (
           REBALANCE, per_group, _group_stat("fpr_gap")),
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
           JLU, per_group, _group_stat("equalized_odds_difference")),
-    Check("leakage", "max", 0.1, "largest difference between groups in the mean predicted probability among images of the same true label",
+    Check("leakage", "max", 0.2, "largest difference between groups in the mean predicted probability among images of the same true label",
           JLU, per_group, leakage),
     Check("feature_leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features (JLU)",
           JLU_LEAKAGE, per_protected, feature_leakage, gate=False, why=WHY["feature_leakage"], bounds=(-1.0, 1.0)),

@@ -107,7 +107,7 @@ def data_for(
     if spec is None:
         raise BiascheckError(
             f"no evaluation data for model {model.name}; pass --biascheck-data (pytest) or --data "
-            f"(python -m pytest_biascheck), or set data under [tool.biascheck.models.{model.name}]"
+            f"(python -m pytest_biascheck), or set data under {settings.table('models', model.name)}"
         )
     return spec, open_for(model, settings, spec, "test", extra)
 
@@ -143,7 +143,7 @@ def plan_for(model: LoadedModel, dataset: BiasDataset, settings: Settings) -> tu
     own = settings.for_model(model.name)
     default = getattr(dataset, "default_scope", {})
     multiclass = model.spec.head == "multiclass"
-    where = f"[tool.biascheck.models.{model.name}]"
+    where = settings.table("models", model.name)
     task = _task_name(model, own.label, where)
     attributes = _checked(model, dataset, own.attributes, where)
     if multiclass:

@@ -81,8 +81,9 @@ class BiascheckState:
             for target in check.targets(scope)
         ]
 
-    def information(self, key: str, results: Any) -> list[dict[str, Any]]:
-        """Outcomes of the checks a model's items do not run, measured as information."""
+    def information(self, key: str, results: Any, prefix: str) -> list[dict[str, Any]]:
+        """Outcomes of the checks a model's items do not run, measured as information; ``prefix``
+        is the model's node id, so each is named as its item would be."""
         from pytest_biascheck.checks import catalogue, information, selected
 
         checks = catalogue(self.hook)
@@ -94,7 +95,7 @@ class BiascheckState:
             [c for c in checks.values() if c.name not in gating],
             lambda check: self.settings.threshold(name, check.name, check.threshold)[0],
         )
-        return [{**row, "path": key} for row in rows]
+        return [{**row, "item": f"{prefix}::{row['item']}", "path": key} for row in rows]
 
     def _wanted(self, key: str) -> list[str]:
         name = self.models[key].name
@@ -216,11 +217,11 @@ class BiascheckState:
             results = self.stored_results(key) if key in checked or key in self.results else None
             if results is None:
                 continue
+            own = [o for o in outcomes if o["path"] == key]
             entries.append(
                 {
                     "results": results,
-                    "outcomes": [o for o in outcomes if o["path"] == key]
-                    + self.information(key, results),
+                    "outcomes": own + self.information(key, results, _node_of(own, key)),
                     "model": {
                         "name": m.name,
                         "path": str(m.path),
@@ -245,3 +246,8 @@ class BiascheckState:
             modify=lambda doc: config.hook.pytest_biascheck_report(report=doc),
         )
         return html
+
+
+def _node_of(outcomes: list[dict[str, Any]], key: str) -> str:
+    """The node id of a model's file, from one of its items (``key`` when none ran)."""
+    return outcomes[0]["item"].rsplit("::", 1)[0] if outcomes else key

@@ -23,7 +23,8 @@ from pytest_biascheck.errors import BiascheckError, BiascheckWarning
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.planning import Plan
 
-SCHEMA = "biascheck-results/1"
+#: Bumped whenever a table changes meaning: it is part of the cache key, so old entries miss.
+SCHEMA = "biascheck-results/2"
 _REMAKE = "write it with `python -m pytest_biascheck evaluate --out FILE` or store.save_results"
 _INFINITY = {"Infinity": np.inf, "-Infinity": -np.inf}
 

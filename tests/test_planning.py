@@ -72,6 +72,12 @@ def test_what_a_scan_cannot_check_is_said_in_one_line_each(tiny_checkpoint: Path
     assert all("\n" not in note for note in scope.notes)
 
 
+def test_notes_name_the_table_as_the_config_file_writes_it(tiny_checkpoint: Path) -> None:
+    model = load_checkpoint(tiny_checkpoint)
+    scope, _ = plan_for(model, Unlabelled(), Settings(source="/project/biascheck.toml"))
+    assert "set protected under [models.tiny] " in scope.notes[0]
+
+
 @pytest.mark.parametrize("labels", [("Male",), ("Young", "Smiling"), ()])
 def test_conventional_protected_labels_are_used_where_the_data_has_them(labels) -> None:
     class Data(BiasDataset):

@@ -61,6 +61,8 @@ def resampled_histograms(
 
 def percentile_interval(stats: Tensor, confidence: float = 0.95) -> Tensor:
     """``[2, ...]`` (low, high) percentile interval over the resamples in dim 0, ignoring NaN."""
+    if stats.numel() == 0:  # no statistic (no cell had an image), or no resample
+        return torch.full((2, *stats.shape[1:]), float("nan"), dtype=torch.float64)
     tail = (1 - confidence) / 2
     levels = torch.tensor([tail, 1 - tail], dtype=torch.float64)
     return torch.nanquantile(stats.to(torch.float64), levels, dim=0)

@@ -1,4 +1,4 @@
-"""The report document: one JSON-ready dict per run (schema ``biascheck-report/1``) holding every
+"""The report document: one JSON-ready dict per run (schema ``biascheck-report/2``) holding every
 metric table, check outcome, threshold and interval; both the JSON file and the HTML render from it."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pytest_biascheck.checks import BUILTIN
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.mcc import mcc
 
-SCHEMA = "biascheck-report/1"
+SCHEMA = "biascheck-report/2"
 
 
 def build_document(entries: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:

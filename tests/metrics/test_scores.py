@@ -113,3 +113,13 @@ def test_chance_scores_are_required_exactly_when_declared() -> None:
     scores, empty, *_ = random_inputs()
     with pytest.raises(ValueError, match="chance"):
         CellScores(["a", "b"], chance=True).add_scores(scores, empty, torch.arange(N))
+
+
+def test_no_image_with_the_region_gives_an_empty_table_not_an_error() -> None:
+    scores, empty, labels, place = random_inputs()
+    chance = torch.rand(N, 2, len(CHANCE), dtype=torch.float64)
+    nowhere = torch.zeros(N, 2, dtype=torch.bool)
+    metric = CellScores(["a", "b"], {"place": 3}, n_resamples=20, chance=True)
+    metric.add_scores(scores, empty, torch.arange(N), labels, {"place": place}, chance, nowhere)
+    result = metric.compute()
+    assert len(result) == 0 and {"lift", "lift_low", "chance"} <= set(result.columns)

@@ -49,7 +49,9 @@ def parse(*options: str) -> argparse.Namespace:
 
 def make_job(checkpoint: Path, n: int = 32) -> Job:
     model = load_checkpoint(checkpoint)
-    data = SynthFaces(n=n, split="train", image_size=32, correlations=BIASED)
+    data = SynthFaces(
+        n=n, split="train", image_size=32, correlations=BIASED, frequencies={"Black_Hair": 0.5}
+    )
     scope, plan = plan_for(model, SynthFaces(n=8, image_size=32), Settings())
     return Job(model, data, "synthfaces", scope, plan, torch.device("cpu"))
 
@@ -294,11 +296,11 @@ def test_run_reports_leakage_kl_and_percent_unlearned(cli, tiny_checkpoint, tmp_
                "--warm-start", "64") == 0  # fmt: skip
     report = json.loads((tmp_path / "tiny_jlu.report.json").read_text())
     rows = {row["item"]: row for row in report["checks"]}
-    assert {"leakage[Black_Hair]", "prediction_kl[Smiling-Black_Hair]"} <= set(rows)
+    assert {"feature_leakage[Black_Hair]", "prediction_kl[Smiling-Black_Hair]"} <= set(rows)
     measures = report["measures"]
     for side in ("before", "after"):
         probe = measures[side]["leakage"]["Black_Hair"]
-        assert rows["leakage[Black_Hair]"][side]["value"] == pytest.approx(
+        assert rows["feature_leakage[Black_Hair]"][side]["value"] == pytest.approx(
             probe["accuracy"] - probe["chance"]
         )
         groups = measures[side]["groups"]["Smiling-Black_Hair"]

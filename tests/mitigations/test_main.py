@@ -126,11 +126,11 @@ def test_run_writes_checkpoint_provenance_and_before_after_report(
     out = tmp_path / "tiny_roi.pt"
     code = cli("roi-iou", "--model", tiny_checkpoint, "--out", out, "--data", "synthfaces:n=48",
                "--eval-data", "synthfaces:n=24", "--attribute", "Smiling", "--region", "mouth",
-               "--batch-size", "16", "--wg", "2")  # fmt: skip
+               "--batch-size", "16", "--wg", "2", "--pair", "Black_Hair")  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert re.search(
-        r"^mask_score\[Smiling-mouth\]\s+\d\.\d{3} (ok|FAIL)\s+\d\.\d{3}", printed, re.M
+        r"^mask_score\[Smiling-mouth\]\s+-?\d\.\d{3} (ok|FAIL)\s+-?\d\.\d{3}", printed, re.M
     )
     assert sha(tiny_checkpoint) == before_sha
     parent, new = load_checkpoint(tiny_checkpoint), load_checkpoint(out)

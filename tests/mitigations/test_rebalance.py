@@ -111,7 +111,11 @@ def test_subsample_takes_exact_counts_deterministically():
 def test_prepare_reaches_the_requested_mcc(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint)
     data = SynthFaces(
-        n=2000, split="train", image_size=32, correlations={("Smiling", "Black_Hair"): 0.9}
+        n=2000,
+        split="train",
+        image_size=32,
+        correlations={("Smiling", "Black_Hair"): 0.9},
+        frequencies={"Black_Hair": 0.5},
     )
     scope, plan = plan_for(model, SynthFaces(n=8, image_size=32), Settings())
     job = Job(model, data, "synthfaces", scope, plan, torch.device("cpu"))

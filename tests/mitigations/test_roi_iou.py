@@ -126,7 +126,9 @@ def test_prepare_refuses_bad_input(tiny_checkpoint):
         prepare(_args(attribute="Eyeglasses"), job)
     with pytest.raises(BiascheckError, match="region 'elbow'"):
         prepare(_args(region="elbow"), job)
-    assert prepare(_args(), job).protected == ("Black_Hair",)  # E1/E2 pair: the protected group
+    assert job.scope.protected[0] == "Male"  # the full scan: Male, Young, Black_Hair
+    assert prepare(_args(), job).protected == ("Male",)  # E1/E2 pair: the first protected group
+    assert prepare(_args(pair="Black_Hair"), job).protected == ("Black_Hair",)
 
 
 @pytest.mark.parametrize("variant", ["soft", "hard"])

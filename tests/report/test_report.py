@@ -142,7 +142,7 @@ def test_json_is_strict_and_counts_match_the_outcomes(
     document = strict_json(written[0].read_text())
     outcomes = outcomes_for(results, "tiny")
     statuses = Counter(o["status"] for o in outcomes)
-    assert document["schema"] == SCHEMA == "biascheck-report/1"
+    assert document["schema"] == SCHEMA == "biascheck-report/2"
     assert document["summary"] == {
         "passed": statuses["passed"], "failed": statuses["FAILED"], "warned": 0, "xfailed": 0,
         "total": len(outcomes) - statuses["info"], "information": statuses["info"],

@@ -51,6 +51,9 @@ _spec.loader.exec_module(build)
 
 #: A biased twin took the shortcut when its worst-group accuracy is this far below its twin's.
 SHORTCUT_GAP = 0.20
+#: Gates that keep a fix from trading accuracy away; not bias measures, so a biased model that kept
+#: its average accuracy passes them by design and they are not asked to separate twins.
+GUARDS = frozenset({"accuracy", "class_accuracy"})
 BEGIN, END = "<!-- validity:begin -->", "<!-- validity:end -->"
 
 
@@ -206,14 +209,15 @@ class Row:
     took_shortcut: bool | None = None
 
 
-def train_spec(twin: Twin, seed: int, quick: bool) -> str:
-    """The twin's training data for a seed (seed 1 also draws other images), smaller in a quick run."""
-    spec = twin.train if seed == 0 else f"{twin.train},seed={seed}"
-    return spec.replace("n=6000", "n=3000") if quick else spec
+def train_spec(twin: Twin, seed: int) -> str:
+    """The twin's training data for a seed (seed 1 also draws other images). A quick run trains
+    the same models as the full run: at half the data the balanced corner-mark twin's map of
+    waterbirds left the bird (docs/validity.md), so a smaller budget would test another model."""
+    return twin.train if seed == 0 else f"{twin.train},seed={seed}"
 
 
 def model_for(
-    case: Case, twin: Twin | None, seed: int, work: Path, quick: bool
+    case: Case, twin: Twin | None, seed: int, work: Path
 ) -> tuple[torch.nn.Module, float | None]:
     """The committed fixture for a seed-0 fixture twin, else a model trained here (cached in
     ``work``); ``twin=None`` gives the untrained model of the case's architecture."""
@@ -222,9 +226,9 @@ def model_for(
         return SmallResNet(len(case.attributes), **case.arch).eval(), None
     if seed == 0 and twin.fixture:
         return load_checkpoint(build.HERE / f"{twin.fixture}.pt").module, None
-    spec = train_spec(twin, seed, quick)
+    spec = train_spec(twin, seed)
     recipe = {"arch": case.arch, "attributes": case.attributes, "train": spec, "seed": seed,
-              "epochs": case.epochs, "batch": case.batch, "torch": torch.__version__}  # fmt: skip
+              "epochs": case.epochs, "batch": case.batch, "torch": str(torch.__version__)}  # fmt: skip
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = work / f"{case.name}-{key}.pt"
     model = SmallResNet(len(case.attributes), **case.arch)
@@ -261,7 +265,9 @@ def score(case: Case, module: torch.nn.Module, bootstrap: int) -> dict[str, dict
     values = {}
     for check in BUILTIN:
         for target in check.targets(scope):
-            if target.attribute != case.target:
+            if target.attribute not in (case.target, case.group) or (
+                target.attribute == case.group and check.name != "feature_leakage"
+            ):  # the case's target; the feature probe is per protected attribute
                 continue
             try:
                 measured = check.measure(results, target, scope)
@@ -301,7 +307,7 @@ def run(cases: Sequence[Case], work: Path, quick: bool, bootstrap: int) -> list[
         for seed in (0,) if quick else case.seeds:
             twins = {}
             for twin in (t for t in case.twins if t.quick or not quick):
-                module, seconds = model_for(case, twin, seed, work, quick)
+                module, seconds = model_for(case, twin, seed, work)
                 role = "biased" if twin.biased else "balanced"
                 twins[twin.label] = Row(case.name, twin.label, seed, twin.biased, role, seconds,
                                         score(case, module, bootstrap))  # fmt: skip
@@ -315,7 +321,7 @@ def run(cases: Sequence[Case], work: Path, quick: bool, bootstrap: int) -> list[
                     row.took_shortcut = gap >= SHORTCUT_GAP
             rows += twins.values()
         for twin in (t for t in case.extra if t.quick or not quick):
-            module, seconds = model_for(case, twin, 0, work, quick)
+            module, seconds = model_for(case, twin, 0, work)
             rows.append(
                 Row(
                     case.name,
@@ -329,7 +335,7 @@ def run(cases: Sequence[Case], work: Path, quick: bool, bootstrap: int) -> list[
                 )
             )
             print(f"{case.name} {twin.label}: {_short(rows[-1])}", flush=True)
-        module, _ = model_for(case, None, 0, work, quick)
+        module, _ = model_for(case, None, 0, work)
         rows.append(
             Row(
                 case.name,
@@ -407,6 +413,8 @@ def markdown(rows: Sequence[Row], verdict: dict, command: str, seconds: float) -
             v = verdict.get(check.name, {}).get(case)
             if v is None:
                 cells.append("n/a")
+            elif check.name in GUARDS:
+                cells.append("guard, not a bias measure")
             elif v["separates"]:
                 cells.append("separates")
             else:
@@ -512,7 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
-                {"rows": [dataclasses.asdict(r) for r in rows], "verdicts": verdict},
+                {
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                    "verdicts": verdict,
+                    "guards": sorted(GUARDS),
+                },
                 indent=1,
                 default=float,
             )
@@ -520,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     misfires = [
         f"{name} on {case}"
         for name, per_case in verdict.items()
-        if next(c for c in BUILTIN if c.name == name).gate
+        if next(c for c in BUILTIN if c.name == name).gate and name not in GUARDS
         for case, v in per_case.items()
         if v["false_pass"] or v["false_fail"]
     ]

@@ -28,7 +28,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 def test_every_gating_check_separates_every_quick_case(quick: dict) -> None:
-    gating = {c.name for c in BUILTIN if c.gate}
+    gating = {c.name for c in BUILTIN if c.gate} - set(quick["guards"])  # accuracy guards
     cases = {r["case"] for r in quick["rows"]}
     assert len(cases) >= 3
     for case in cases:
@@ -57,5 +57,5 @@ def test_untrained_and_background_only_models_fail_the_mask_score(quick: dict) -
 def test_a_balanced_model_sees_its_regions_above_chance(quick: dict) -> None:
     balanced = [r for r in quick["rows"] if r["role"] == "balanced"]
     for row in balanced:
-        grid = row["values"]["mask_score@grid"]
-        assert grid["raw"] > grid["chance"] and row["values"]["mask_score"]["passes"]
+        mask = row["values"]["mask_score"]  # the worst group of images showing the attribute
+        assert mask["low"] > 0 and mask["passes"], (row["case"], row["twin"], mask)

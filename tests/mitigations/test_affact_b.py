@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pytest
@@ -14,10 +13,11 @@ from hypothesis import strategies as st
 from mitigations.affact_b import balanced_euclidean_loss, balanced_weights, prepare
 from mitigations.recipe import Job
 from pytest_biascheck.config import Settings
-from pytest_biascheck.data.synth_faces import ATTRIBUTES, SynthFaces
+from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import load_checkpoint
 from pytest_biascheck.planning import plan_for
+from tests.mitigations.conftest import BIASED
 
 
 def test_weights_below_and_above_one_half():
@@ -96,14 +96,13 @@ def test_attributes_option_balances_only_the_named_outputs(tiny_checkpoint):
         prepare(argparse.Namespace(attributes="Nose"), job)
 
 
-#: The gate's default check plus the energies, on the attributes the biased fixture predicts with
-#: the largest minority-class error (p_m 0.1-0.25, or 0.75 for Young).
-#: Every output is evaluated, so that the overall accuracy (mean over outputs) can be compared.
-CONFIG = f"""checks = ["accuracy", "minority_energy"]
-[models.faces_biased]
-attributes = {json.dumps(list(ATTRIBUTES))}
-"""
-BALANCED = ("Chubby", "Bushy_Eyebrows", "Young")
+#: Accuracy and minority energy on every output of the biased fixture (no ``models`` table: the
+#: scope is every labelled output), so that the overall accuracy can be compared.
+CONFIG = 'checks = ["accuracy", "minority_energy"]\n'
+#: The fixture's minority-class attributes (training positive rates 0.10-0.20) that the parent
+#: gets wrong at all: Bangs and Wearing_Hat miss 6% of their positives, Gray_Hair 1.3%,
+#: Eyeglasses 0.7%; the others of low rate (Blond_Hair, Brown_Hair) make no error to close.
+BALANCED = ("Bangs", "Wearing_Hat", "Gray_Hair", "Eyeglasses")
 
 
 @pytest.mark.slow
@@ -116,11 +115,12 @@ def test_fixture_affact_b_closes_the_minority_class_error_gap(run_on_fixture):
         for side in report["attributes"]
     }
     gap = {side: {a: abs(r["fnr"] - r["fpr"]) for a, r in t.items()} for side, t in tables.items()}
-    narrowed = [gap["before"][a] - gap["after"][a] for a in BALANCED]
-    assert min(narrowed) > 0.03 and np.mean(narrowed) > 0.1, dict(
-        zip(BALANCED, narrowed, strict=True)
-    )
+    narrowed = {a: gap["before"][a] - gap["after"][a] for a in BALANCED}
+    # measured |FNR - FPR| Bangs 0.062 -> 0.019, Wearing_Hat 0.057 -> 0.010, Gray_Hair 0.013 -> 0,
+    # Eyeglasses 0.007 -> 0
+    assert narrowed["Bangs"] > 0.03 and narrowed["Wearing_Hat"] > 0.03, narrowed
+    assert min(narrowed.values()) > 0, narrowed
     overall = {side: np.mean([r["accuracy"] for r in t.values()]) for side, t in tables.items()}
-    assert len(tables["after"]) == len(ATTRIBUTES)
-    assert overall["after"] > overall["before"] - 0.02
-    assert rows["minority_energy[Chubby-skin]"]["change"] > 0.05
+    assert len(tables["after"]) == len(load_checkpoint(BIASED).spec.attributes)
+    assert overall["after"] > overall["before"] - 0.02  # measured 0.972 -> 0.967
+    assert rows["minority_energy[Wearing_Hat-hat]"]["change"] > 0.1  # measured 0.382 -> 0.554

@@ -216,20 +216,23 @@ def test_fixture_attention_raises_worst_group_accuracy_and_the_mask_score(cli, t
         cli, tmp_path, "--lr", "1e-4", "--max-steps", "100", "--w-yes", "0", "--w-no", "1e3"
     )
     assert "simulated" in report["facts"]["maps"]["annotator"]
-    assert rows[WGA]["change"] > 0.15  # measured 0.49 -> 0.74
-    assert rows[MASK]["change"] > 0.05  # measured 0.33 -> 0.43
-    assert rows[ACC]["change"] > 0.05
+    assert rows[WGA]["change"] > 0.15  # measured 0.362 -> 0.690
+    assert rows[MASK]["change"] > 0.05  # measured 0.050 -> 0.280
+    assert rows[ACC]["change"] > 0.05  # measured 0.710 -> 0.843
 
 
 @pytest.mark.slow
 def test_fixture_pruning_then_attention_raises_worst_group_accuracy(cli, tmp_path):
     rows, report = run_crayon(
         cli, tmp_path, "--mode", "pruning+attention", "--lr", "1e-4", "--max-steps", "100",
-        "--w-yes", "1e2", "--w-no", "1e3", "--head-lr-factor", "100",
+        "--w-yes", "0", "--w-no", "1e2", "--head-lr-factor", "100",
     )  # fmt: skip
+    # 115 of 128 channels cut; L_irr per "no" image 1e2 / 471 = 0.21 (at 0.64 or more, or with no
+    # attention terms at all, the cut head collapses to one class: docs/mitigations.md)
     assert report["facts"]["neurons"]["pruned"] > 64
-    assert rows[WGA]["change"] > 0.03  # measured 0.49 -> 0.55 and 0.60 (shared code changed)
-    assert rows[ACC]["change"] > -0.06  # most of the Smiling row's inputs are cut
+    assert rows[WGA]["before"]["status"] == "FAILED" and rows[WGA]["after"]["status"] == "passed"
+    assert rows[WGA]["change"] > 0.3  # measured 0.362 -> 0.885
+    assert rows[ACC]["change"] > 0.1  # measured 0.710 -> 0.895
 
 
 @pytest.mark.slow

@@ -116,11 +116,11 @@ def test_fixture_affact_b_closes_the_minority_class_error_gap(run_on_fixture):
     }
     gap = {side: {a: abs(r["fnr"] - r["fpr"]) for a, r in t.items()} for side, t in tables.items()}
     narrowed = {a: gap["before"][a] - gap["after"][a] for a in BALANCED}
-    # measured |FNR - FPR| Bangs 0.062 -> 0.019, Wearing_Hat 0.057 -> 0.010, Gray_Hair 0.013 -> 0,
-    # Eyeglasses 0.007 -> 0
+    # measured |FNR - FPR| Bangs 0.062 -> 0.020, Wearing_Hat 0.057 -> 0.016, Gray_Hair
+    # 0.013 -> 0.006, Eyeglasses 0.007 -> 0.000
     assert narrowed["Bangs"] > 0.03 and narrowed["Wearing_Hat"] > 0.03, narrowed
     assert min(narrowed.values()) > 0, narrowed
     overall = {side: np.mean([r["accuracy"] for r in t.values()]) for side, t in tables.items()}
     assert len(tables["after"]) == len(load_checkpoint(BIASED).spec.attributes)
     assert overall["after"] > overall["before"] - 0.02  # measured 0.972 -> 0.967
-    assert rows["minority_energy[Wearing_Hat-hat]"]["change"] > 0.1  # measured 0.382 -> 0.554
+    assert rows["minority_energy[Wearing_Hat-hat]"]["change"] > 0.1  # measured 0.382 -> 0.569

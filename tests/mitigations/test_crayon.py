@@ -217,8 +217,8 @@ def test_fixture_attention_raises_worst_group_accuracy_and_the_mask_score(cli, t
     )
     assert "simulated" in report["facts"]["maps"]["annotator"]
     assert rows[WGA]["change"] > 0.15  # measured 0.362 -> 0.690
-    assert rows[MASK]["change"] > 0.05  # measured 0.050 -> 0.280
-    assert rows[ACC]["change"] > 0.05  # measured 0.710 -> 0.843
+    assert rows[MASK]["change"] > 0.05  # measured 0.050 -> 0.284
+    assert rows[ACC]["change"] > 0.05  # measured 0.710 -> 0.845
 
 
 @pytest.mark.slow
@@ -231,8 +231,8 @@ def test_fixture_pruning_then_attention_raises_worst_group_accuracy(cli, tmp_pat
     # attention terms at all, the cut head collapses to one class: docs/mitigations.md)
     assert report["facts"]["neurons"]["pruned"] > 64
     assert rows[WGA]["before"]["status"] == "FAILED" and rows[WGA]["after"]["status"] == "passed"
-    assert rows[WGA]["change"] > 0.3  # measured 0.362 -> 0.885
-    assert rows[ACC]["change"] > 0.1  # measured 0.710 -> 0.895
+    assert rows[WGA]["change"] > 0.3  # measured 0.362 -> 0.881
+    assert rows[ACC]["change"] > 0.1  # measured 0.710 -> 0.892
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from pytest_biascheck.evaluate import Results, finish, run_pass
 from pytest_biascheck.model import LoadedModel
 from pytest_biascheck.planning import Plan, Scope
 from pytest_biascheck.report import write_report
+from pytest_biascheck.suggest import fix_for
 
 REPORT_SCHEMA = "mitigations-report/1"
 
@@ -53,7 +54,7 @@ def run_checks(
     default) and its suggested command for ``model``."""
     own = settings.for_model(name)
     wanted = own.checks or settings.checks
-    outcomes = []
+    outcomes, fix = [], fix_for(model, results.data, results)
     for check in selected(catalogue(hook), wanted):
         threshold, _ = settings.threshold(name, check.name, check.threshold)
         for target in check.targets(scope):
@@ -67,7 +68,7 @@ def run_checks(
                  "low": measured.low, "high": measured.high, "n": measured.n,
                  "threshold": threshold, "op": ">=" if check.direction == "min" else "<=",
                  "status": status, "description": check.description,
-                 "recipe": check.command(str(model.path), model.name, results.data, target, scope)}
+                 "recipe": check.command(target, scope, fix)}
             )  # fmt: skip
     return outcomes
 

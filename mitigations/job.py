@@ -217,6 +217,7 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
             "recipe": recipe.name,
             "hyperparameters": hyper,
             "parent": {"path": str(parent.path), "sha256": parent.sha256},
+            "train": inputs.train_spec,
             "train_images": len(inputs.train_data if setup.indices is None else setup.indices),
             "steps": trained.steps,
             "positive_rates": _positive_rates(parent, inputs.train_data, setup.indices),

@@ -4,7 +4,6 @@ and whether it gates a release by default or is reported as information (docs/va
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +18,7 @@ from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
 from pytest_biascheck.planning import Scope
+from pytest_biascheck.suggest import Fix, Remedy, fields
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ class Check:
     """A named bias check. ``direction`` "min": the value must be at least the threshold; "max": at most.
 
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
-    target, scope)`` computes the value; ``recipe`` is the mitigation command, formatted with
-    ``model``, ``stem``, ``data``, ``attribute``, ``other`` and ``attributes`` (the scope's, space
-    separated) by ``command``. ``gate=False`` marks a check that is measured and reported as
+    target, scope)`` computes the value; ``recipe`` is the mitigation: a :class:`Remedy`, or a
+    command template formatted with the fields of :func:`suggest.fields` by ``command``. ``gate=False`` marks a check that is measured and reported as
     information but becomes an item only when the config's ``checks`` names it; ``why`` says why.
     ``bounds`` is the range of the measured value: thresholds in the config must lie inside it.
     """
@@ -60,7 +59,7 @@ class Check:
     direction: str
     threshold: float
     description: str
-    recipe: str
+    recipe: str | Remedy
     targets: Callable[[Scope], list[Target]]
     measure: Callable[[Results, Target, Scope], Measurement]
     gate: bool = True
@@ -73,13 +72,13 @@ class Check:
             return False
         return value >= threshold if self.direction == "min" else value <= threshold
 
-    def command(self, model: str, stem: str, data: str, target: Target, scope: Scope) -> str:
-        """The mitigation command for one target, shell-quoted and ready to paste."""
-        return self.recipe.format(
-            model=shlex.quote(model), stem=stem, data=shlex.quote(data),
-            attribute=shlex.quote(target.attribute), other=shlex.quote(target.other or ""),
-            attributes=" ".join(shlex.quote(a) for a in scope.attributes),
-        )  # fmt: skip
+    def command(self, target: Target, scope: Scope, fix: Fix) -> str:
+        """The mitigation command for one target, shell-quoted and ready to paste (or why no
+        recipe fixes it)."""
+        values = fields(fix, target.attribute, target.other, scope.attributes)
+        if isinstance(self.recipe, Remedy):
+            return self.recipe.command(values)
+        return self.recipe.format(**values)
 
 
 def selected(checks: dict[str, Check], wanted: Sequence[str]) -> list[Check]:
@@ -358,37 +357,18 @@ def prediction_kl(results: Results, target: Target, scope: Scope) -> Measurement
     )
 
 
-_DATA = "--data {data}"
-ROI_IOU = (
-    "python -m mitigations roi-iou --model {model} --out {stem}_roi_iou.pt "
-    + _DATA
-    + " --lr 0.001 --attribute {attribute} --region {other}"
-)
-AFFACT_B = (
-    "python -m mitigations affact-b --model {model} --out {stem}_affact_b.pt "
-    + _DATA
-    + " --attributes {attribute}"
-)
-REBALANCE = (
-    "python -m mitigations rebalance --model {model} --out {stem}_rebalanced.pt "
-    + _DATA
-    + " --attribute {attribute} --protected {other} --mcc 0"
-)
-CRAYON = (
-    "python -m mitigations crayon --model {model} --out {stem}_crayon.pt "
-    + _DATA
-    + " --attribute {attribute} --mode attention"
-)
-JLU = (
-    "python -m mitigations jlu --model {model} --out {stem}_jlu.pt "
-    + _DATA
-    + " --attribute {attribute} --spurious {other}"
-)
-JLU_LEAKAGE = (
-    "python -m mitigations jlu --model {model} --out {stem}_jlu.pt "
-    + _DATA
-    + " --attribute {attributes} --spurious {attribute}"
-)
+ROI_IOU = Remedy(
+    "roi-iou", "roi_iou", ("--attribute {attribute}", "--region {other}", "--lr 0.001"),
+    optional=("--pair {group}",),
+)  # fmt: skip
+AFFACT_B = Remedy("affact-b", "affact_b", ("--attributes {attribute}",))
+REBALANCE = Remedy(
+    "rebalance", "rebalanced", ("--attribute {attribute}", "--protected {group}", "--mcc 0"),
+    needs_group=True,
+)  # fmt: skip
+CRAYON = Remedy("crayon", "crayon", ("--attribute {attribute}", "--mode attention"))
+JLU = Remedy("jlu", "jlu", ("--attribute {attribute}", "--spurious {group}"), needs_group=True)
+JLU_LEAKAGE = Remedy("jlu", "jlu", ("--attribute {attributes}", "--spurious {attribute}"))
 
 #: The range of a lift over chance: 1 at a perfect score, 0 at chance, unbounded below.
 LIFT = (-math.inf, 1.0)

@@ -182,10 +182,7 @@ class CheckItem(pytest.Item):
         """The mitigation command for this model and target, ready to paste."""
         state = self.config.stash[STATE]
         key = self.parent.key
-        data, _ = state.dataset(key)
-        return self.check.command(
-            str(self.model.path), self.model.name, data, self.target, state.scope(key)
-        )
+        return self.check.command(self.target, state.scope(key), state.fix(key))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         """The explanation, shaped by ``--tb``: a line each (``line``), without the check's

@@ -97,6 +97,12 @@ class BiascheckState:
         )
         return [{**row, "item": f"{prefix}::{row['item']}", "path": key} for row in rows]
 
+    def fix(self, key: str) -> Any:
+        """What a model's suggested fixes are filled in with (:class:`suggest.Fix`)."""
+        from pytest_biascheck.suggest import fix_for
+
+        return fix_for(self.models[key], self.dataset(key)[0], self.results_for(key))
+
     def _wanted(self, key: str) -> list[str]:
         name = self.models[key].name
         return self.settings.for_model(name).checks or self.settings.checks

@@ -14,6 +14,7 @@ from mitigations.recipe import builtin_recipes
 from pytest_biascheck.checks import Target, catalogue
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.planning import Plan, Scope
+from pytest_biascheck.suggest import Fix
 
 SCOPE = Scope(
     attributes=["Smiling", "Male"],
@@ -21,8 +22,13 @@ SCOPE = Scope(
     regions={"Smiling": "mouth", "Male": "skin"},
     predicted_groups=["Black_Hair"],
 )
+TRAIN = "synthfaces:n=1000,corr=Smiling~Black_Hair@0.95"
+FIX = Fix(
+    "my model.pt", "my_model", "synthfaces:n=64", TRAIN, 1000,
+    {"Smiling": "Black_Hair", "Male": "Black_Hair"},
+)  # fmt: skip
 COMMANDS = [
-    (check.name, target, check.command("my model.pt", "my_model", "synthfaces:n=64", target, SCOPE))
+    (check.name, target, check.command(target, SCOPE, FIX))
     for check in catalogue().values()
     if check.name != "class_accuracy"  # multiclass only: no targets in a multilabel scope
     for target in check.targets(SCOPE)
@@ -40,7 +46,9 @@ def parse(command: str):
 )
 def test_every_suggested_command_parses_with_its_recipe(name, target, command):
     recipe, args = parse(command)
-    assert args.model == "my model.pt" and args.data == "synthfaces:n=64"
+    assert args.model == "my model.pt" and args.eval_data == "synthfaces:n=64"
+    assert args.data == TRAIN  # the data the model learned from: the same shortcut
+    assert (args.batch_size, args.max_steps) == (32, 60)  # 1000 images / 32, at least 60 steps
     assert args.out.startswith("my_model_") and args.out != args.model
     attribute = args.attribute if recipe != "affact-b" else args.attributes
     if name == "feature_leakage":  # the protected group is what to unlearn; the task: the scope

@@ -138,6 +138,8 @@ def test_run_writes_checkpoint_provenance_and_before_after_report(
     assert new.provenance["parent"]["sha256"] == before_sha
     assert new.provenance["recipe"] == "roi-iou" and new.provenance["steps"] == 3
     assert new.provenance["hyperparameters"]["wg"] == 2.0
+    # what a suggested fix of the new model trains on: the same data (suggest.training_spec)
+    assert (new.provenance["train"], new.provenance["train_images"]) == ("synthfaces:n=48", 48)
     data = SynthFaces(n=48, split="train", image_size=32)
     rate = float(data.labels[:, data.attributes.index("Smiling")].mean())
     assert new.provenance["positive_rates"]["Smiling"] == pytest.approx(rate)

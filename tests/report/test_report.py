@@ -40,6 +40,7 @@ from pytest_biascheck.report import (
 )
 from pytest_biascheck.report import html as report_html
 from pytest_biascheck.report.document import heatmap_vs_mcc, plain
+from pytest_biascheck.suggest import Fix
 
 ATTRIBUTES = ("Smiling", "Young")
 PROTECTED = {"Male": 2, "Black_Hair": 2}
@@ -68,7 +69,7 @@ def outcomes_for(results: Results, name: str) -> list[dict[str, Any]]:
                  "low": measured.low, "high": measured.high, "n": measured.n,
                  "threshold": check.threshold, "op": ">=" if check.direction == "min" else "<=",
                  "status": "passed" if passed else "FAILED",
-                 "recipe": check.command(f"{name}.pt", name, "synthfaces", target, scope)}
+                 "recipe": check.command(target, scope, Fix(f"{name}.pt", name, "synthfaces", "synthfaces"))}
             )  # fmt: skip
     return out
 

@@ -1,6 +1,7 @@
 """``python -m mitigations RECIPE --model in.pt --out out.pt [--data SPEC] [options]``: fine-tune a
 model with a recipe from the papers and report the gate's checks before and after.
-``python -m mitigations crayon annotate ...`` serves Crayon's yes/no annotation page instead."""
+``python -m mitigations crayon annotate ...`` serves Crayon's yes/no annotation page instead;
+``python -m mitigations auto --model m.pt`` runs the fix the gate suggests (``mitigations.auto``)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def build_parser(recipes: Mapping[str, Recipe]) -> argparse.ArgumentParser:
         prog="python -m mitigations",
         description="Fine-tune a model with a bias mitigation recipe, then re-run the bias checks "
         "before and after (JSON + HTML report next to --out). Under torchrun the training is "
-        "data parallel.",
+        "data parallel. 'python -m mitigations auto --model m.pt' runs the recipe the gate "
+        "suggests for most of the model's failing checks.",
     )
     commands = parser.add_subparsers(
         title="recipes", metavar="RECIPE", dest="recipe", required=True
@@ -167,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mitigations.annotate import main as annotate
 
             return annotate(argv[2:])
+        if argv[:1] == ["auto"]:
+            from mitigations.auto import main as auto
+
+            return auto(argv[1:])
         recipes = all_recipes(hookspecs.plugin_manager().hook)
         args = build_parser(recipes).parse_args(argv)
         return run(recipes[args.recipe], args)

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:2] == ["crayon", "annotate"]:
-            from mitigations.annotate import main as annotate
+            from mitigations.crayon.annotate import main as annotate
 
             return annotate(argv[2:])
         recipes = all_recipes(hookspecs.plugin_manager().hook)

@@ -34,8 +34,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitigations import crayon_annotations as notes
-from mitigations.crayon_explain import (
+from mitigations.crayon import answers as notes
+from mitigations.crayon.explain import (
     TARGETS,
     Patches,
     loader,
@@ -45,7 +45,7 @@ from mitigations.crayon_explain import (
     signed_cams,
     top_patches,
 )
-from mitigations.crayon_prune import cut, find_head, hold_pruned, prune_mask, train_only_head
+from mitigations.crayon.prune import cut, find_head, hold_pruned, prune_mask, train_only_head
 from mitigations.recipe import (
     Defaults,
     Job,

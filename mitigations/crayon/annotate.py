@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mitigations import crayon_annotations as notes
+from mitigations.crayon import answers as notes
 from mitigations.crayon import max_normalise, patch_items
-from mitigations.crayon_explain import (
+from mitigations.crayon.explain import (
     TARGETS,
     cell_boxes,
     score_sign,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mitigations.crayon_explain import (
+from mitigations.crayon.explain import (
     Patches,
     cell_boxes,
     original_maps,

@@ -158,7 +158,7 @@ def build_parser(recipes: Mapping[str, Recipe]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run; bad input prints one line on stderr and returns exit code 2."""
     from mitigations.job import run
-    from mitigations.recipe import all_recipes
+    from mitigations.registry import all_recipes
     from pytest_biascheck import hookspecs
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -88,29 +88,6 @@ class Recipe:
     prepare: Callable[[argparse.Namespace, Job], Setup]
 
 
-def builtin_recipes() -> dict[str, Recipe]:
-    """The recipes that ship with biascheck."""
-    from mitigations import affact_b, crayon, jlu, rebalance, roi_iou
-
-    recipes = (roi_iou.RECIPE, affact_b.RECIPE, rebalance.RECIPE, jlu.RECIPE, crayon.RECIPE)
-    return {r.name: r for r in recipes}
-
-
-def all_recipes(hook: Any | None = None) -> dict[str, Recipe]:
-    """Built-in recipes plus those plugins return from ``pytest_biascheck_recipes`` (a plugin's
-    recipe replaces a built-in one of the same name, as plugin checks do)."""
-    recipes = builtin_recipes()
-    for extra in hook.pytest_biascheck_recipes() if hook is not None else []:
-        for name, recipe in (extra or {}).items():
-            if not isinstance(recipe, Recipe):
-                raise BiascheckError(
-                    f"plugin recipe {name!r} is a {type(recipe).__name__}; return "
-                    "mitigations.recipe.Recipe objects from pytest_biascheck_recipes"
-                )
-            recipes[name] = recipe
-    return recipes
-
-
 def label_columns(model: LoadedModel, data: BiasDataset) -> Tensor:
     """Column of each model output in the data's labels; an error names outputs the data lacks."""
     missing = [a for a in model.spec.attributes if a not in data.attributes]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results
+from pytest_biascheck.evaluate import Results, class_reader
 from pytest_biascheck.model import LoadedModel
 from pytest_biascheck.planning import Plan, Scope
 
@@ -127,17 +127,41 @@ def dataset_labels(data: BiasDataset) -> Tensor:
     return torch.cat([batch["labels"] for batch in loader]).float()
 
 
+def dataset_groups(data: BiasDataset) -> Tensor:
+    """All group columns ``[n, G]``: the dataset's ``groups`` when it has them, else one pass."""
+    groups = getattr(data, "groups", None)
+    if isinstance(groups, Tensor):
+        return groups
+    loader = torch.utils.data.DataLoader(data, batch_size=256)
+    return torch.cat([batch["groups"] for batch in loader])
+
+
 def group_values(data: BiasDataset, name: str) -> Tensor:
     """Per-image values ``[n]`` of a label or a group of the data; an error lists what exists."""
     if name in data.attributes:
         return dataset_labels(data)[:, data.attributes.index(name)].long()
     if name in data.group_names:
-        groups = getattr(data, "groups", None)
-        if not isinstance(groups, Tensor):
-            loader = torch.utils.data.DataLoader(data, batch_size=256)
-            groups = torch.cat([batch["groups"] for batch in loader])
-        return groups[:, data.group_names.index(name)].long()
+        return dataset_groups(data)[:, data.group_names.index(name)].long()
     raise BiascheckError(
         f"{name!r} is neither a label nor a group of the training data; choose from "
         f"{', '.join(data.attributes + data.group_names)}"
     )
+
+
+def is_multiclass(model: LoadedModel) -> bool:
+    """Whether the model has a softmax head over classes (its attributes are the class names)."""
+    return model.spec.head == "multiclass"
+
+
+def training_targets(job: Job) -> Tensor:
+    """What each training image's outputs are trained towards, read as the gate reads labels: the
+    labels ``[n, A]`` (float, in output order) of a multilabel head, the true class ``[n]`` (long)
+    of a multiclass head (one-hot label columns named like the classes, or the config's ``label``
+    column). Recipes pick a batch's rows by its ``index``."""
+    data, model = job.train_data, job.model
+    if not is_multiclass(model):
+        return dataset_labels(data)[:, label_columns(model, data)]
+    batch = {"labels": dataset_labels(data), "index": torch.arange(len(data))}
+    if data.group_names:
+        batch["groups"] = dataset_groups(data)
+    return class_reader(data, job.plan)(batch)

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitigations.recipe import Defaults, Job, Recipe, Setup, is_multiclass, training_targets
+from mitigations.recipe import (
+    Defaults,
+    Job,
+    Loss,
+    Recipe,
+    Setup,
+    is_multiclass,
+    training_targets,
+)
 from pytest_biascheck.errors import BiascheckError
 
 
@@ -81,8 +90,10 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     names = job.model.spec.attributes
     chosen = chosen_outputs(getattr(args, "attributes", None), names)
     targets = training_targets(job)
+    balanced = [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep]
     if is_multiclass(job.model):
-        return _multiclass(job, chosen, targets)
+        loss, facts = _multiclass(job, chosen, targets)
+        return Setup(loss=loss, facts={"balanced": balanced, **facts})
     w_pos, w_neg = balanced_weights(targets.double().mean(0))
     w_pos, w_neg = torch.where(chosen, w_pos, 1.0), torch.where(chosen, w_neg, 1.0)
     w_pos, w_neg = w_pos.float().to(job.device), w_neg.float().to(job.device)
@@ -95,16 +106,16 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     return Setup(
         loss=loss,
         facts={
-            "balanced": [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep],
+            "balanced": balanced,
             "weights_positive": dict(zip(names, w_pos.tolist(), strict=True)),
             "weights_negative": dict(zip(names, w_neg.tolist(), strict=True)),
         },
     )
 
 
-def _multiclass(job: Job, chosen: Tensor, classes: Tensor) -> Setup:
-    """A multiclass head: cross-entropy over the class label, each image weighted by its class's
-    eq. 6 weight (chosen classes; the others 1)."""
+def _multiclass(job: Job, chosen: Tensor, classes: Tensor) -> tuple[Loss, dict[str, Any]]:
+    """A multiclass head's loss and facts: cross-entropy over the class label, each image weighted
+    by its class's eq. 6 weight (chosen classes; the others 1)."""
     names = job.model.spec.attributes
     counts = torch.bincount(classes, minlength=len(names))
     weight = torch.where(chosen, balanced_class_weights(counts), 1.0)
@@ -115,14 +126,10 @@ def _multiclass(job: Job, chosen: Tensor, classes: Tensor) -> Setup:
         ce = F.cross_entropy(module(inputs).float(), y, weight=device_weight, reduction="none")
         return {"loss": ce}
 
-    return Setup(
-        loss=loss,
-        facts={
-            "balanced": [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep],
-            "class_counts": dict(zip(names, counts.tolist(), strict=True)),
-            "class_weights": dict(zip(names, weight.tolist(), strict=True)),
-        },
-    )
+    return loss, {
+        "class_counts": dict(zip(names, counts.tolist(), strict=True)),
+        "class_weights": dict(zip(names, weight.tolist(), strict=True)),
+    }
 
 
 RECIPE = Recipe(

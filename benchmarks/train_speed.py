@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from mitigations.__main__ import build_parser
 from mitigations.job import train_config
-from mitigations.recipe import Job, Setup, builtin_recipes, label_columns
+from mitigations.recipe import Job, Setup, label_columns
+from mitigations.registry import builtin_recipes
 from mitigations.train import train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset

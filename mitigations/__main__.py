@@ -9,25 +9,10 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 
+from mitigations.cli import HelpFormatter, Parser
 from mitigations.recipe import Defaults, Recipe
 from pytest_biascheck.config import option_type
 from pytest_biascheck.errors import BiascheckError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (exit code 2), like every other refusal."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except for required options and unset (None/False) ones."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _positive(text: str) -> int:
@@ -135,7 +120,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Defaults) 
 
 def build_parser(recipes: Mapping[str, Recipe]) -> argparse.ArgumentParser:
     """The command line: one subcommand per recipe, each listing every option with its default."""
-    parser = _Parser(
+    parser = Parser(
         prog="python -m mitigations",
         description="Fine-tune a model with a bias mitigation recipe, then re-run the bias checks "
         "before and after (JSON + HTML report next to --out). Under torchrun the training is "
@@ -150,7 +135,7 @@ def build_parser(recipes: Mapping[str, Recipe]) -> argparse.ArgumentParser:
             name,
             help=recipe.summary,
             description=recipe.summary,
-            formatter_class=_Help,
+            formatter_class=HelpFormatter,
         )
         recipe.add_arguments(sub.add_argument_group(f"{name} options"))
         add_training_arguments(sub, recipe.defaults)
@@ -160,13 +145,13 @@ def build_parser(recipes: Mapping[str, Recipe]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run; bad input prints one line on stderr and returns exit code 2."""
     from mitigations.job import run
-    from mitigations.recipe import all_recipes
+    from mitigations.registry import all_recipes
     from pytest_biascheck import hookspecs
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:2] == ["crayon", "annotate"]:
-            from mitigations.annotate import main as annotate
+            from mitigations.crayon.annotate import main as annotate
 
             return annotate(argv[2:])
         if argv[:1] == ["auto"]:

@@ -1,6 +1,8 @@
 """AFFACT-b (binary-CAM paper, eq. 5-6): fine-tune with a balanced Euclidean loss whose
 per-attribute class weights come from the training label frequencies, so that the minority class
-of each attribute counts as much as the majority class.
+of each attribute counts as much as the majority class. For a multiclass head the same weights
+``n_max / n_k`` per class (eq. 6 with K classes: the majority class 1) weight a cross-entropy over
+the class label instead of the Euclidean loss.
 
 The paper reuses AFFACT's network and schedule without stating optimiser settings; the defaults
 here (SGD, lr 0.003, momentum 0.9, batch 64, one epoch, gradient norm clipped to 5) are the
@@ -12,23 +14,41 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitigations.recipe import Defaults, Job, Recipe, Setup, dataset_labels, label_columns
+from mitigations.recipe import (
+    Defaults,
+    Job,
+    Loss,
+    Recipe,
+    Setup,
+    is_multiclass,
+    training_targets,
+)
 from pytest_biascheck.errors import BiascheckError
 
 
 def balanced_weights(positive_rate: Tensor) -> tuple[Tensor, Tensor]:
     """Eq. 6: ``(w_m(+1), w_m(-1))`` per attribute from the share ``p_m`` of positive training
-    labels; the majority class gets weight p_min/p_maj, the minority class 1. A class absent from
+    labels; the majority class gets weight 1, the minority class p_maj/p_min. A class absent from
     the data (p_m = 0 or 1) never receives a weight, so its entry is set to 1."""
     p = positive_rate.double()
     majority_positive = p > 0.5
     w_pos = torch.where(majority_positive, 1.0, (1 - p) / p)
     w_neg = torch.where(majority_positive, p / (1 - p), 1.0)
     return w_pos.nan_to_num(1.0, 1.0), w_neg.nan_to_num(1.0, 1.0)
+
+
+def balanced_class_weights(counts: Tensor) -> Tensor:
+    """Eq. 6 for a multiclass head: weight ``n_max / n_k`` per class from its training images
+    ``counts [K]``, so every class counts as much as the majority class (which gets 1); an absent
+    class gets 1 (never used)."""
+    counts = counts.double()
+    return torch.where(counts > 0, counts.max() / counts.clamp_min(1), 1.0)
 
 
 def balanced_euclidean_loss(logits: Tensor, labels: Tensor, w_pos: Tensor, w_neg: Tensor) -> Tensor:
@@ -66,31 +86,50 @@ def chosen_outputs(text: str | None, names: Sequence[str]) -> Tensor:
 
 def prepare(args: argparse.Namespace, job: Job) -> Setup:
     """Weights from the training labels (eq. 6) for the chosen outputs, 1 for the others, and the
-    balanced Euclidean loss over all outputs."""
-    chosen = chosen_outputs(getattr(args, "attributes", None), job.model.spec.attributes)
-    columns = label_columns(job.model, job.train_data)
-    labels = dataset_labels(job.train_data)[:, columns]
-    rate = labels.double().mean(0)
-    w_pos, w_neg = balanced_weights(rate)
+    balanced Euclidean loss over all outputs (a multiclass head: the weighted cross-entropy)."""
+    names = job.model.spec.attributes
+    chosen = chosen_outputs(getattr(args, "attributes", None), names)
+    targets = training_targets(job)
+    balanced = [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep]
+    if is_multiclass(job.model):
+        loss, facts = _multiclass(job, chosen, targets)
+        return Setup(loss=loss, facts={"balanced": balanced, **facts})
+    w_pos, w_neg = balanced_weights(targets.double().mean(0))
     w_pos, w_neg = torch.where(chosen, w_pos, 1.0), torch.where(chosen, w_neg, 1.0)
     w_pos, w_neg = w_pos.float().to(job.device), w_neg.float().to(job.device)
-    columns = columns.to(job.device)
+    targets = targets.to(job.device)
 
     def loss(module: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        per_image = balanced_euclidean_loss(
-            module(inputs), batch["labels"][:, columns], w_pos, w_neg
-        )
-        return {"loss": per_image}
+        y = targets[batch["index"].to(targets.device)]
+        return {"loss": balanced_euclidean_loss(module(inputs), y, w_pos, w_neg)}
 
-    names = job.model.spec.attributes
     return Setup(
         loss=loss,
         facts={
-            "balanced": [a for a, keep in zip(names, chosen.tolist(), strict=True) if keep],
+            "balanced": balanced,
             "weights_positive": dict(zip(names, w_pos.tolist(), strict=True)),
             "weights_negative": dict(zip(names, w_neg.tolist(), strict=True)),
         },
     )
+
+
+def _multiclass(job: Job, chosen: Tensor, classes: Tensor) -> tuple[Loss, dict[str, Any]]:
+    """A multiclass head's loss and facts: cross-entropy over the class label, each image weighted
+    by its class's eq. 6 weight (chosen classes; the others 1)."""
+    names = job.model.spec.attributes
+    counts = torch.bincount(classes, minlength=len(names))
+    weight = torch.where(chosen, balanced_class_weights(counts), 1.0)
+    device_weight, classes = weight.float().to(job.device), classes.to(job.device)
+
+    def loss(module: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        y = classes[batch["index"].to(classes.device)]
+        ce = F.cross_entropy(module(inputs).float(), y, weight=device_weight, reduction="none")
+        return {"loss": ce}
+
+    return loss, {
+        "class_counts": dict(zip(names, counts.tolist(), strict=True)),
+        "class_weights": dict(zip(names, weight.tolist(), strict=True)),
+    }
 
 
 RECIPE = Recipe(

@@ -8,7 +8,8 @@ Per image, with inverse-frequency class weights on both classification losses (s
 
 - ``L_p``: weighted BCE of the primary attribute(s) (``--attribute`` lists them; the model's other
   outputs are not trained: features blind to the spurious variation cannot keep predicting it,
-  nor what goes with it, such as the other hair colours);
+  nor what goes with it, such as the other hair colours); for a multiclass head, the weighted
+  softmax cross-entropy over the class label (``--attribute`` then names classes of the head);
 - ``L_s = sum_m beta * CE_m``: eq. 5, softmax cross-entropy of head m;
 - ``L_conf = 1/M sum_m -1/K_m sum_k log p_mk``: eq. 2 and 4, cross-entropy to uniform, minimal
   (``log K_m``) at uniform outputs. ``--confusion kl`` uses ``KL(p || U) = log K_m - H(p)`` (the
@@ -43,7 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from mitigations.recipe import Defaults, Job, Recipe, Setup, dataset_labels, group_values
+from mitigations.recipe import (
+    Defaults,
+    Job,
+    Recipe,
+    Setup,
+    group_values,
+    is_multiclass,
+    training_targets,
+)
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
@@ -205,12 +214,17 @@ def spurious_reader(data: BiasDataset, names: Sequence[str]) -> Callable[[Mappin
 
 
 def loss_weights(
-    data: BiasDataset, primary: Sequence[str], targets: Tensor, levels: Sequence[int]
+    primary: Tensor, targets: Tensor, levels: Sequence[int], classes: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """The paper's inverse-frequency class weights in the training data: ``[P, 2]`` for the
-    primary outputs (negative, positive) and ``[M, K]`` for the secondary heads."""
-    positives = dataset_labels(data)[:, [data.attributes.index(a) for a in primary]].sum(0)
-    primary_weights = class_weights(torch.stack([len(data) - positives, positives], -1))
+    """The paper's inverse-frequency class weights in the training data: for the primary task,
+    ``[P, 2]`` (negative, positive) from its labels ``primary [n, P]``, or ``[K]`` from the true
+    classes ``primary [n]`` of a multiclass head of ``classes`` classes; ``[M, K]`` for the
+    secondary heads from their ``targets [n, M]``."""
+    if classes:
+        primary_weights = class_weights(torch.bincount(primary, minlength=classes))
+    else:
+        positives = primary.sum(0)
+        primary_weights = class_weights(torch.stack([len(primary) - positives, positives], -1))
     secondary = [
         F.pad(class_weights(torch.bincount(targets[:, m], minlength=k)), (0, max(levels) - k))
         for m, k in enumerate(levels)
@@ -336,15 +350,18 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     """Check the attributes and variations, build the secondary heads and the joint loss."""
     data, model = job.train_data, job.model
     primary, spurious = list(dict.fromkeys(args.attribute)), list(dict.fromkeys(args.spurious))
+    multiclass = is_multiclass(model)
+    labelled = [a for a in model.spec.attributes if multiclass or a in data.attributes]
     for name in primary:
-        if name not in model.spec.attributes or name not in data.attributes:
+        if name not in labelled:
             raise BiascheckError(
                 f"--attribute {name!r} must be predicted by {model.name} and labelled in the "
-                f"training data; choose from {', '.join(a for a in model.spec.attributes if a in data.attributes)}"
+                f"training data; choose from {', '.join(labelled)}"
             )
-    both = sorted(set(primary) & set(spurious))
+    both = sorted(set(model.spec.attributes if multiclass else primary) & set(spurious))
     if both:
-        raise BiascheckError(f"{', '.join(both)} cannot be both --attribute and --spurious")
+        what = "classes of the model" if multiclass else "both --attribute and --spurious"
+        raise BiascheckError(f"{', '.join(both)} cannot be {what}; unlearn another variation")
     if args.alpha < 0 or args.beta < 0 or args.head_lr_factor <= 0 or args.warm_start < 0:
         raise BiascheckError("--alpha, --beta and --warm-start must be >= 0, --head-lr-factor > 0")
     targets = torch.stack([group_values(data, name) for name in spurious], 1)
@@ -358,20 +375,27 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     n_warm = min(args.warm_start, len(data))
     warm = warm_start(heads, job, head, targets, n_warm) if n_warm else None
 
-    outputs = torch.tensor([spec.attributes.index(a) for a in primary], device=job.device)
-    columns = torch.tensor([data.attributes.index(a) for a in primary], device=job.device)
-    weights = loss_weights(data, primary, targets, levels)
+    outputs = torch.tensor([spec.attributes.index(a) for a in primary])
+    task = training_targets(job)
+    task = task if multiclass else task[:, outputs]
+    weights = loss_weights(task, targets, levels, len(spec.attributes) if multiclass else 0)
     if not args.class_weights:
         weights = tuple(torch.ones_like(w) for w in weights)
     primary_weights, secondary_weights = (w.to(job.device) for w in weights)
     spurious_of = spurious_reader(data, spurious)
     p_index = torch.arange(len(primary), device=job.device)
+    outputs, task = outputs.to(job.device), task.to(job.device)
 
     def loss(net: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         features, logits = features_and_logits(net, head, inputs)
-        y = batch["labels"][:, columns].float()
-        bce = F.binary_cross_entropy_with_logits(logits[:, outputs].float(), y, reduction="none")
-        l_p = (primary_weights[p_index, y.long()] * bce).mean(1)
+        y = task[batch["index"].to(task.device)]
+        if multiclass:
+            l_p = F.cross_entropy(logits.float(), y, weight=primary_weights, reduction="none")
+        else:
+            bce = F.binary_cross_entropy_with_logits(
+                logits[:, outputs].float(), y, reduction="none"
+            )
+            l_p = (primary_weights[p_index, y.long()] * bce).mean(1)
         s = spurious_of(batch)
         fixed = heads(features.detach().float())
         l_s = args.beta * secondary_loss(fixed, heads.valid, s, secondary_weights).sum(1)
@@ -394,7 +418,13 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
             "primary_head": head_name,
             "features": head.in_features,
             "spurious_levels": dict(zip(spurious, levels, strict=True)),
-            "primary_class_weights": dict(zip(primary, primary_weights.tolist(), strict=True)),
+            "primary_class_weights": dict(
+                zip(
+                    spec.attributes if multiclass else primary,
+                    primary_weights.tolist(),
+                    strict=True,
+                )
+            ),
             "secondary_class_weights": {
                 n: secondary_weights[m, :k].tolist()
                 for m, (n, k) in enumerate(zip(spurious, levels, strict=True))

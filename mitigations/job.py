@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from mitigations.compare import (
     REPORT_SCHEMA,
@@ -22,7 +23,7 @@ from mitigations.compare import (
     table,
     write_html,
 )
-from mitigations.recipe import Job, Recipe, Setup, dataset_labels, label_columns
+from mitigations.recipe import Job, Recipe, Setup, training_targets
 from mitigations.train import TrainConfig, Trained, config_facts, fingerprint, train
 from pytest_biascheck import files, hookspecs
 from pytest_biascheck.atomic import atomic_write_text
@@ -220,7 +221,7 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
             "train": inputs.train_spec,
             "train_images": len(inputs.train_data if setup.indices is None else setup.indices),
             "steps": trained.steps,
-            "positive_rates": _positive_rates(parent, inputs.train_data, setup.indices),
+            "positive_rates": _positive_rates(job, setup.indices),
             "recipe_facts": setup.facts,
         }
         if rank == 0:
@@ -246,13 +247,16 @@ def run(recipe: Recipe, args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_rates(model: LoadedModel, data: BiasDataset, indices: Any) -> dict[str, float]:
-    """Share of positive training labels per output (the binary-CAM paper's p_m), which the gate
-    uses to tell each attribute's majority class."""
-    labels = dataset_labels(data)[:, label_columns(model, data)]
+def _positive_rates(job: Job, indices: Any) -> dict[str, float]:
+    """Share of positive training labels per output (the binary-CAM paper's p_m; a multiclass
+    head: each class's share of the images), which the gate uses to tell each attribute's majority
+    class."""
+    labels, attributes = training_targets(job), job.model.spec.attributes
+    if labels.dim() == 1:
+        labels = F.one_hot(labels, len(attributes))
     if indices is not None:
         labels = labels[list(indices)]
-    return dict(zip(model.spec.attributes, labels.double().mean(0).tolist(), strict=True))
+    return dict(zip(attributes, labels.double().mean(0).tolist(), strict=True))
 
 
 def _report(

@@ -11,6 +11,10 @@ positives, the MCC fixes the joint cell,
 over (a, b) then finds the global minimum, with no start point or step walk. Without a total, the
 paper takes the size its own solution reaches; here that is the largest ``T`` the bounds allow for
 each (a, b), since the objective only falls as ``T`` grows toward ``g0``.
+
+For a multiclass head the target attribute is one of its classes, read one-vs-rest (is the image of
+this class), and the fine-tune's loss is the cross-entropy over the class label (its class weights
+``(1 - p_k) / p_k`` from the subset play the part of BCE's ``pos_weight``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from mitigations.recipe import (
     Job,
     Recipe,
     Setup,
-    dataset_labels,
     group_values,
-    label_columns,
+    is_multiclass,
+    output_index,
+    training_targets,
 )
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.metrics.mcc import mcc_from_counts
@@ -149,21 +154,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pos-weight",
         choices=POS_WEIGHT,
         default="attribute",
-        help="BCE pos_weight = (1 - p) / p from the subset: on every output (the paper's, for "
-        "training from scratch), only on --attribute, or none",
+        help="BCE pos_weight = (1 - p) / p from the subset (a multiclass head: the class weights "
+        "of its cross-entropy): on every output (the paper's, for training from scratch), only "
+        "on --attribute, or none",
     )
 
 
 def prepare(args: argparse.Namespace, job: Job) -> Setup:
-    """Solve for the subgroup sizes, draw the subset, and train with (weighted) BCE on it."""
-    if args.attribute not in job.train_data.attributes:
+    """Solve for the subgroup sizes, draw the subset, and train with (weighted) BCE on it (a
+    multiclass head: weighted cross-entropy)."""
+    multiclass = is_multiclass(job.model)
+    if not multiclass and args.attribute not in job.train_data.attributes:
         raise BiascheckError(
             f"--attribute {args.attribute!r} is not labelled in the training data; choose from "
             f"{', '.join(job.train_data.attributes)}"
         )
     if args.protected == args.attribute:
         raise BiascheckError("--protected must differ from --attribute")
-    target = group_values(job.train_data, args.attribute)
+    targets = training_targets(job)
+    if multiclass:
+        target = (targets == output_index(job.model, args.attribute)).long()
+    else:
+        target = group_values(job.train_data, args.attribute)
     protected = group_values(job.train_data, args.protected)
     if int(protected.max()) > 1 or int(protected.min()) < 0:
         raise BiascheckError(
@@ -174,22 +186,27 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     groups = solve_subgroups(original, args.mcc, args.size)
     counts = round_counts(groups, original, args.size)
     indices = subsample(target, protected, counts, args.seed)
-    columns = label_columns(job.model, job.train_data)
-    rate = dataset_labels(job.train_data)[indices][:, columns].double().mean(0)
+    kept = targets[indices]
+    k = len(job.model.spec.attributes)
+    rate = (
+        torch.bincount(kept, minlength=k).double() / len(kept)
+        if multiclass
+        else kept.double().mean(0)
+    )
     pos_weight = ((1 - rate) / rate).nan_to_num(1.0, 1.0, 1.0)
     if args.pos_weight == "attribute":
         weighted = torch.tensor([a == args.attribute for a in job.model.spec.attributes])
         pos_weight = torch.where(weighted, pos_weight, 1.0)
     pos_weight = None if args.pos_weight == "none" else pos_weight
     weight = None if pos_weight is None else pos_weight.float().to(job.device)
-    columns = columns.to(job.device)
+    targets = targets.to(job.device)
 
     def loss(module: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits, y = module(inputs).float(), targets[batch["index"].to(targets.device)]
+        if multiclass:
+            return {"loss": F.cross_entropy(logits, y, weight=weight, reduction="none")}
         per_output = F.binary_cross_entropy_with_logits(
-            module(inputs).float(),
-            batch["labels"][:, columns].float(),
-            pos_weight=weight,
-            reduction="none",
+            logits, y, pos_weight=weight, reduction="none"
         )
         return {"loss": per_output.mean(1)}
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results
+from pytest_biascheck.evaluate import Results, class_reader
 from pytest_biascheck.model import LoadedModel
 from pytest_biascheck.planning import Plan, Scope
 
@@ -88,29 +88,6 @@ class Recipe:
     prepare: Callable[[argparse.Namespace, Job], Setup]
 
 
-def builtin_recipes() -> dict[str, Recipe]:
-    """The recipes that ship with biascheck."""
-    from mitigations import affact_b, crayon, jlu, rebalance, roi_iou
-
-    recipes = (roi_iou.RECIPE, affact_b.RECIPE, rebalance.RECIPE, jlu.RECIPE, crayon.RECIPE)
-    return {r.name: r for r in recipes}
-
-
-def all_recipes(hook: Any | None = None) -> dict[str, Recipe]:
-    """Built-in recipes plus those plugins return from ``pytest_biascheck_recipes`` (a plugin's
-    recipe replaces a built-in one of the same name, as plugin checks do)."""
-    recipes = builtin_recipes()
-    for extra in hook.pytest_biascheck_recipes() if hook is not None else []:
-        for name, recipe in (extra or {}).items():
-            if not isinstance(recipe, Recipe):
-                raise BiascheckError(
-                    f"plugin recipe {name!r} is a {type(recipe).__name__}; return "
-                    "mitigations.recipe.Recipe objects from pytest_biascheck_recipes"
-                )
-            recipes[name] = recipe
-    return recipes
-
-
 def label_columns(model: LoadedModel, data: BiasDataset) -> Tensor:
     """Column of each model output in the data's labels; an error names outputs the data lacks."""
     missing = [a for a in model.spec.attributes if a not in data.attributes]
@@ -150,17 +127,41 @@ def dataset_labels(data: BiasDataset) -> Tensor:
     return torch.cat([batch["labels"] for batch in loader]).float()
 
 
+def dataset_groups(data: BiasDataset) -> Tensor:
+    """All group columns ``[n, G]``: the dataset's ``groups`` when it has them, else one pass."""
+    groups = getattr(data, "groups", None)
+    if isinstance(groups, Tensor):
+        return groups
+    loader = torch.utils.data.DataLoader(data, batch_size=256)
+    return torch.cat([batch["groups"] for batch in loader])
+
+
 def group_values(data: BiasDataset, name: str) -> Tensor:
     """Per-image values ``[n]`` of a label or a group of the data; an error lists what exists."""
     if name in data.attributes:
         return dataset_labels(data)[:, data.attributes.index(name)].long()
     if name in data.group_names:
-        groups = getattr(data, "groups", None)
-        if not isinstance(groups, Tensor):
-            loader = torch.utils.data.DataLoader(data, batch_size=256)
-            groups = torch.cat([batch["groups"] for batch in loader])
-        return groups[:, data.group_names.index(name)].long()
+        return dataset_groups(data)[:, data.group_names.index(name)].long()
     raise BiascheckError(
         f"{name!r} is neither a label nor a group of the training data; choose from "
         f"{', '.join(data.attributes + data.group_names)}"
     )
+
+
+def is_multiclass(model: LoadedModel) -> bool:
+    """Whether the model has a softmax head over classes (its attributes are the class names)."""
+    return model.spec.head == "multiclass"
+
+
+def training_targets(job: Job) -> Tensor:
+    """What each training image's outputs are trained towards, read as the gate reads labels: the
+    labels ``[n, A]`` (float, in output order) of a multilabel head, the true class ``[n]`` (long)
+    of a multiclass head (one-hot label columns named like the classes, or the config's ``label``
+    column). Recipes pick a batch's rows by its ``index``."""
+    data, model = job.train_data, job.model
+    if not is_multiclass(model):
+        return dataset_labels(data)[:, label_columns(model, data)]
+    batch = {"labels": dataset_labels(data), "index": torch.arange(len(data))}
+    if data.group_names:
+        batch["groups"] = dataset_groups(data)
+    return class_reader(data, job.plan)(batch)

@@ -20,6 +20,9 @@ rectangles (``data.regions.TEMPLATE_BOXES``), resolved as the gate resolves regi
 (``metrics.maps.mask_to_cam``: antialiased bilinear, divided by its maximum). The IoU uses fuzzy
 set operations: |G ∩ S| = sum(G S), |G ∪ S| = sum(G + S - G S). Images whose region is empty add
 no IoU loss.
+
+For a multiclass head the attribute is one of its classes, G is the Grad-CAM of that class's logit
+and the attribute loss is the cross-entropy over the class label.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitigations.recipe import Defaults, Job, Recipe, Setup, label_columns, output_index
-from pytest_biascheck.cam import gradcam_differentiable
+from mitigations.cam_target import add_cam_target, resolve_cam_target, score_sign, signed_cams
+from mitigations.recipe import Defaults, Job, Recipe, Setup, output_index, training_targets
+from pytest_biascheck.cam import gradcam_differentiable, normalise_maps
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.data.regions import (
     BOX_PREFIX,
@@ -81,8 +85,8 @@ def iou_loss(
 def e1_e2(results: Results, attribute: str, other: str) -> dict[str, Any]:
     """The paper's evaluation of a pair (a, b): accuracy on a in E1 = a ∩ b and E2 = a ∩ ¬b (the
     images with the attribute, with and without its co-occurring one); NaN for an empty set."""
-    y = results.column("y", attribute) > 0.5
-    correct = (results.column("z", attribute) > 0) == y
+    y = results.label(attribute) == 1
+    correct = results.predicted(attribute) == results.label(attribute)
     kind = "y" if f"y:{other}" in results.frame else "g"
     b = np.asarray(results.column(kind, other)) > 0.5
     out: dict[str, Any] = {"attribute": attribute, "pair": other}
@@ -101,21 +105,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where it should look: a region of the data's part maps (e.g. mouth) or a template "
         f"box ({', '.join(BOX_PREFIX + b for b in TEMPLATE_BOXES)})",
     )
-    parser.add_argument("--wa", type=float, default=1.0, help="weight of the attribute (BCE) loss")
+    parser.add_argument(
+        "--wa",
+        type=float,
+        default=1.0,
+        help="weight of the attribute loss (BCE; cross-entropy for a multiclass head)",
+    )
     parser.add_argument("--wg", type=float, default=5.0, help="weight of the Grad-CAM IoU loss")
     parser.add_argument(
         "--iou",
         choices=("soft", "hard"),
         default="soft",
-        help="G = sigmoid((cam-0.5)/tau) (soft) or cam above 0.5 (hard, the paper's set)",
+        help="soft: G = sigmoid((cam-0.5)/tau); hard: G = cam where cam > 0.5, else 0 (the map "
+        "thresholded at 0.5; only cells already above 0.5 get gradients)",
     )
     parser.add_argument("--tau", type=float, default=0.1, help="temperature of the soft step")
-    parser.add_argument(
-        "--cam-target",
-        choices=("predicted", "positive"),
-        default="predicted",
-        help="Grad-CAM of |z| (the predicted class, as the gate measures) or of z",
-    )
+    add_cam_target(parser, "predicted")
     parser.add_argument(
         "--pair",
         default=None,
@@ -134,22 +139,32 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     if args.tau <= 0:
         raise BiascheckError(f"--tau must be positive, got {args.tau}")
     kind, name = resolve_region(args.region, job.train_data.region_names, "--region")
-    columns = label_columns(job.model, job.train_data).to(job.device)
+    head = job.model.spec.head
+    target = resolve_cam_target(args.cam_target, "predicted", head)
+    targets = training_targets(job).to(job.device)
     data = job.train_data
 
     def loss(module: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits, cam = gradcam_differentiable(module, inputs, layer, output, target=args.cam_target)
-        bce = F.binary_cross_entropy_with_logits(
-            logits.float(), batch["labels"][:, columns].float(), reduction="none"
-        ).sum(1)
+        logits, raw = gradcam_differentiable(
+            module, inputs, layer, output, target="positive", relu=False, normalize=None
+        )
+        y = targets[batch["index"].to(targets.device)]
+        label = None if head == "multiclass" else y[:, output]
+        sign = score_sign(logits[:, output].detach(), label, target)
+        cam = normalise_maps(signed_cams(raw, sign), "minmax")
+        if head == "multiclass":
+            task = F.cross_entropy(logits.float(), y, reduction="none")
+        else:
+            task = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum(1)
         region = region_on_grid(kind, name, batch, data, tuple(cam.shape[-2:]))
         iou = iou_loss(cam.float(), region, args.iou, args.tau) * (region.sum((-2, -1)) > 0)
-        return {"loss": args.wa * bce + args.wg * iou, "bce": bce, "iou": iou}
+        parts = {"ce" if head == "multiclass" else "bce": task, "iou": iou}
+        return {"loss": args.wa * task + args.wg * iou, **parts}
 
     pair = args.pair or next((g for g in job.scope.protected if g != args.attribute), None)
     return Setup(
         loss=loss,
-        facts={"region": {"kind": kind, "name": name}, "pair": pair},
+        facts={"region": {"kind": kind, "name": name}, "pair": pair, "cam_target": target},
         measure=None
         if pair is None
         else lambda results: {"e1_e2": e1_e2(results, args.attribute, pair)},

@@ -194,7 +194,7 @@ def _target_coefficients(
     return F.one_hot(classes, k).to(logits.dtype)[:, None, :]
 
 
-def _normalise(cams: Tensor, normalize: str | None) -> Tensor:
+def normalise_maps(cams: Tensor, normalize: str | None) -> Tensor:
     """Per-map min-max to [0, 1] or division by the sum; a constant or all-zero map becomes 0."""
     if normalize is None:
         return cams
@@ -371,7 +371,7 @@ def compute_cams(
     if size is not None and tuple(cams.shape[-2:]) != tuple(size):
         cams = F.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
     features = None if rec.linear_in is None else rec.linear_in.detach()
-    return CamResult(logits.detach(), _normalise(cams, normalize), features, linear is not None)
+    return CamResult(logits.detach(), normalise_maps(cams, normalize), features, linear is not None)
 
 
 def _batched_cams(
@@ -466,4 +466,4 @@ def gradcam_differentiable(
     cams = METHODS["gradcam"](reshape(grads)[:, None], reshape(raw))[:, 0]
     if relu:
         cams = cams.clamp_min(0)
-    return logits, _normalise(cams, normalize)
+    return logits, normalise_maps(cams, normalize)

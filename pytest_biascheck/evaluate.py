@@ -171,7 +171,7 @@ def run_pass(
     cam_protected = [] if multiclass else [p for p in plan.protected if p in spec.attributes]
     maps_for = outputs + [spec.attributes.index(p) for p in cam_protected]
     region_of = _region_lookup(dataset, plan)
-    true_class = _class_reader(dataset, plan) if multiclass else None
+    true_class = class_reader(dataset, plan) if multiclass else None
     mapped = [plan.attributes.index(x) for x in plan.mapped]
     state = Pass(_accumulators(plan, cam_protected))
     acc, columns = state.accumulators, state.columns
@@ -237,7 +237,7 @@ def run_pass(
     return state
 
 
-def _class_reader(dataset: BiasDataset, plan: Plan):
+def class_reader(dataset: BiasDataset, plan: Plan):
     """A function batch -> true class indices ``[B]`` of a multiclass head (see ``class_lookup``);
     one-hot label columns must mark exactly one class per image."""
     lookup = class_lookup(dataset, plan.attributes, plan.label)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mitigations.__main__ import build_parser
-from mitigations.recipe import builtin_recipes
+from mitigations.registry import builtin_recipes
 from pytest_biascheck.checks import Target, catalogue
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.planning import Plan, Scope

@@ -23,7 +23,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from mitigations import jlu
 from mitigations.__main__ import build_parser
 from mitigations.job import train_config
-from mitigations.recipe import Job, builtin_recipes
+from mitigations.recipe import Job
+from mitigations.registry import builtin_recipes
 from mitigations.train import train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import SynthFaces

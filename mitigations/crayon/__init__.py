@@ -14,7 +14,9 @@ answers about its own explanations.
 - ``pruning+attention``: prune first, then fine-tune everything with the attention loss.
 
 "CE" of the paper is the BCE of the guided attribute's output (the fixtures are multi-label
-models; ``--bce all`` sums it over every output, which keeps the others). Maps score the labelled
+models; ``--bce all`` sums it over every output, which keeps the others); for a multiclass head it
+is the cross-entropy over the class label, ``--attribute`` names a class and its maps are that
+class's logit's. Maps score the labelled
 class by default (the authors' ``explain_gradcam``: z for a positive, -z for a negative image).
 Answers come from the annotation page (``python -m mitigations crayon annotate``) or, for
 unattended runs, from the mask-based annotator of ``--simulate REGION``, which the report names
@@ -34,26 +36,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitigations import crayon_annotations as notes
-from mitigations.crayon_explain import (
-    TARGETS,
+from mitigations.cam_target import add_cam_target, resolve_cam_target, score_sign, signed_cams
+from mitigations.crayon import answers as notes
+from mitigations.crayon.explain import (
     Patches,
     loader,
     original_maps,
     patch_coverage,
-    score_sign,
-    signed_cams,
     top_patches,
 )
-from mitigations.crayon_prune import cut, find_head, hold_pruned, prune_mask, train_only_head
+from mitigations.crayon.prune import cut, find_head, hold_pruned, prune_mask, train_only_head
 from mitigations.recipe import (
     Defaults,
     Job,
     Recipe,
     Setup,
+    is_multiclass,
     label_column,
     label_columns,
     output_index,
+    training_targets,
 )
 from pytest_biascheck.cam import gradcam_differentiable
 from pytest_biascheck.data.base import BiasDataset
@@ -183,16 +185,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bce", choices=("attribute", "all"), default="attribute",
         help="the paper's CE: BCE of --attribute only, or summed over every output the data "
-        "labels (keeps the other outputs of a multi-label model)",
+        "labels (keeps the other outputs of a multi-label model); a multiclass head: the "
+        "cross-entropy over the class label either way",
     )  # fmt: skip
     parser.add_argument(
         "--variant", choices=VARIANTS, default="celeba",
         help="celeba: sums over cells; waterbirds: each image's terms divided by sum(1-O), sum(O)",
     )  # fmt: skip
-    parser.add_argument(
-        "--cam-target", choices=TARGETS, default="label",
-        help="score of the maps: the labelled class (authors' code) or the predicted one, |z|",
-    )  # fmt: skip
+    add_cam_target(parser, "label")
     parser.add_argument(
         "--top-k", type=int, default=3, help="patches per neuron (pruning modes; the paper's 3)"
     )
@@ -223,7 +223,7 @@ def _identity(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def map_answers(args: argparse.Namespace, job: Job, output: int, column: int) -> tuple:
+def map_answers(args: argparse.Namespace, job: Job, output: int, column: int | None) -> tuple:
     """``(O [n, h, w], codes [n], annotator)``: the original maps and one answer per training
     image, from ``--annotations`` or the simulated annotator."""
     data, model = job.train_data, job.model
@@ -310,15 +310,22 @@ def _counts(codes: Tensor) -> dict[str, int]:
 def prepare(args: argparse.Namespace, job: Job) -> Setup:
     """Explain the original model, collect the answers, prune if asked, build the loss."""
     output = output_index(job.model, args.attribute)
-    column = label_column(job.train_data, args.attribute)
     spec, module, device = job.model.spec, job.model.module, job.device
-    outputs, columns = [output], torch.tensor([column])
-    if args.bce == "all":
-        outputs, columns = (
-            list(range(len(spec.attributes))),
-            label_columns(job.model, job.train_data),
-        )
-    columns = columns.to(device)
+    multiclass = is_multiclass(job.model)
+    target = resolve_cam_target(args.cam_target, "label", spec.head)
+    args = argparse.Namespace(**{**vars(args), "cam_target": target})
+    column = classes = None
+    if multiclass:
+        classes = training_targets(job).to(device)
+    else:
+        column = label_column(job.train_data, args.attribute)
+        outputs, columns = [output], torch.tensor([column])
+        if args.bce == "all":
+            outputs, columns = (
+                list(range(len(spec.attributes))),
+                label_columns(job.model, job.train_data),
+            )
+        columns = columns.to(device)
     if spec.target_layer is None:
         raise BiascheckError(
             f"model {job.model.name} names no target layer; set task.target_layer in the checkpoint"
@@ -370,7 +377,7 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
     def loss(module: nn.Module, inputs: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if mask is not None:
             cut(head, mask)
-        labels = batch["labels"][:, column].float()
+        labels = None if multiclass else batch["labels"][:, column].float()
         parts: dict[str, Tensor] = {}
         if old is None:
             logits = module(inputs)
@@ -380,18 +387,22 @@ def prepare(args: argparse.Namespace, job: Job) -> Setup:
                 normalize=None,
             )  # fmt: skip
             logit = logits[:, output].detach().float()
-            new = signed_cams(raw.float(), score_sign(logit, labels, args.cam_target))
+            new = signed_cams(raw.float(), score_sign(logit, labels, target))
             index = batch["index"].to(old.device)
             relevance, irrelevance = attention_terms(new, old[index], args.variant)
             parts["relevance"] = relevance * (codes[index] == notes.YES)
             parts["irrelevance"] = irrelevance * (codes[index] == notes.NO)
-        bce = F.binary_cross_entropy_with_logits(
-            logits[:, outputs].float(), batch["labels"][:, columns].float(), reduction="none"
-        ).sum(1)
-        total = args.w_cls * bce
+        if multiclass:
+            y = classes[batch["index"].to(classes.device)]
+            task = F.cross_entropy(logits.float(), y, reduction="none")
+        else:
+            task = F.binary_cross_entropy_with_logits(
+                logits[:, outputs].float(), batch["labels"][:, columns].float(), reduction="none"
+            ).sum(1)
+        total = args.w_cls * task
         if parts:
             total = total + w_yes * parts["relevance"] + w_no * parts["irrelevance"]
-        return {"loss": total, "bce": bce, **parts}
+        return {"loss": total, "ce" if multiclass else "bce": task, **parts}
 
     return Setup(loss=loss, facts=facts, lr_factors=lr_factors)
 

@@ -12,30 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from mitigations.cam_target import score_sign, signed_cams
 from pytest_biascheck.cam import compute_cams
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.metrics.energy import proportional_energy
 from pytest_biascheck.model import ModelSpec
-
-#: Grad-CAM targets: the logit of the image's label (the Crayon authors' code) or |z| (the gate's).
-TARGETS = ("label", "predicted")
-
-
-def score_sign(logits: Tensor, labels: Tensor, target: str) -> Tensor:
-    """+1 or -1 per image: the sign that turns an output's logit z into the map's score. "label"
-    scores the labelled class (z for a positive, -z for a negative image), "predicted" gives |z|."""
-    if target == "label":
-        return labels.float() * 2 - 1
-    if target == "predicted":
-        return torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-
-
-def signed_cams(raw: Tensor, sign: Tensor) -> Tensor:
-    """Grad-CAM ``[B, h, w]`` of the score ``sign * z`` from the un-rectified map ``raw`` of z:
-    Grad-CAM before its ReLU is linear in the score, so flipping the score flips the map."""
-    return (raw * sign.to(raw.dtype)[:, None, None]).clamp_min(0)
 
 
 def loader(data: BiasDataset, batch_size: int, indices: Sequence[int] | None = None) -> DataLoader:
@@ -49,7 +31,7 @@ def original_maps(
     spec: ModelSpec,
     data: BiasDataset,
     output: int,
-    column: int,
+    column: int | None,
     *,
     target: str = "label",
     region: int | None = None,
@@ -57,7 +39,8 @@ def original_maps(
     device: torch.device | str = "cpu",
 ) -> tuple[Tensor, Tensor | None]:
     """Grad-CAM O ``[n, h, w]`` (ReLU, not normalised) of model output ``output`` for every
-    training image, scored as ``target`` says with the label in column ``column`` of the data;
+    training image, scored as ``target`` says (``label``: with the label in column ``column`` of
+    the data, which the other targets do not read);
     with a mask ``region`` (its position in the data's regions) also each map's proportional
     energy inside it ``[n]`` (the gate's measure), else None."""
     if spec.target_layer is None:
@@ -69,7 +52,8 @@ def original_maps(
             module, images, spec.target_layer, outputs=[output], target="positive",
             relu=False, normalize=None,
         )  # fmt: skip
-        sign = score_sign(cam.logits[:, output], batch["labels"][:, column].to(device), target)
+        labels = None if column is None else batch["labels"][:, column].to(device)
+        sign = score_sign(cam.logits[:, output], labels, target)
         found = signed_cams(cam.cams[:, 0], sign).float().cpu()
         maps.append(found)
         if region is not None:

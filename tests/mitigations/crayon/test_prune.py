@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mitigations.crayon_prune import cut, find_head, hold_pruned, prune_mask, train_only_head
+from mitigations.crayon.prune import cut, find_head, hold_pruned, prune_mask, train_only_head
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import ModelSpec
 from pytest_biascheck.nets import SmallResNet

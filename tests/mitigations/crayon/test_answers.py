@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mitigations import crayon_annotations as notes
+from mitigations.crayon import answers as notes
 from pytest_biascheck.errors import BiascheckError
 
 IDENTITY = {

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mitigations import crayon_annotations as notes
 from mitigations.__main__ import build_parser
+from mitigations.crayon import answers as notes
 from mitigations.crayon import attention_terms, max_normalise, per_answer_weights, prepare
-from mitigations.crayon_explain import original_maps
-from mitigations.recipe import Job, builtin_recipes
+from mitigations.crayon.explain import original_maps
+from mitigations.recipe import Job
+from mitigations.registry import builtin_recipes
 from mitigations.train import TrainConfig, train
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.synth_faces import SynthFaces

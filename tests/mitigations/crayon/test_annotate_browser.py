@@ -7,7 +7,7 @@ import json
 
 from PIL import Image
 
-from tests.mitigations.test_annotate import served  # noqa: F401 - the running-server fixture
+from tests.mitigations.crayon.test_annotate import served  # noqa: F401 - the running-server fixture
 
 
 def test_clicks_and_keys_are_saved_and_a_reload_resumes(served, tmp_path, browser):  # noqa: F811

@@ -22,15 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mitigations import crayon_annotations as notes
+from mitigations.cam_target import add_cam_target, resolve_cam_target, score_sign, signed_cams
+from mitigations.cli import HelpFormatter, Parser
+from mitigations.crayon import answers as notes
 from mitigations.crayon import max_normalise, patch_items
-from mitigations.crayon_explain import (
-    TARGETS,
-    cell_boxes,
-    score_sign,
-    signed_cams,
-    top_patches,
-)
+from mitigations.crayon.explain import cell_boxes, top_patches
 from mitigations.recipe import label_column, output_index
 from pytest_biascheck import hookspecs
 from pytest_biascheck.cam import compute_cams
@@ -55,10 +51,13 @@ QUESTIONS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``crayon annotate``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m mitigations crayon annotate",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve a page on 127.0.0.1 where a person answers yes / no / maybe for each "
+        "saliency map of the original model (--kind maps) or each neuron patch (--kind neurons). "
+        "Every answer is saved to --out before the page hears back, so a reload or a restart "
+        "resumes where the person stopped.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, metavar="PATH", help="the original model")
     parser.add_argument("--out", required=True, metavar="FILE", help="annotations JSON (resumed)")
@@ -73,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--question", help="question shown above each picture (editable on the page)"
     )
-    parser.add_argument(
-        "--cam-target", choices=TARGETS, default="label", help="score of the maps (as the recipe)"
-    )
+    add_cam_target(parser, "label")
     parser.add_argument("--top-k", type=int, default=3, help="patches per neuron (as the recipe)")
     parser.add_argument("--seed", type=int, default=0, help="order in which items are shown")
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free)")
@@ -91,22 +88,30 @@ class Source:
     data: BiasDataset
     spec: str
     output: int
-    column: int
+    column: int | None
+    """The output's label column in the data (None for a multiclass head, whose maps need none)."""
     target: str
     device: torch.device
     grid: tuple[int, int] = (0, 0)
 
-    def maps(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits of the output [B], max-normalised maps [B, h, w])`` of images in [0, 1],
-        scored as the recipe scores them."""
+    def maps(self, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(the model's probability of the output [B], max-normalised maps [B, h, w])`` of
+        images in [0, 1], scored as the recipe scores them."""
         spec = self.model.spec
         cam = compute_cams(
             self.model.module, spec.normalize(images.to(self.device)), spec.target_layer,
             outputs=[self.output], target="positive", relu=False, normalize=None,
         )  # fmt: skip
         logit = cam.logits[:, self.output]
-        sign = score_sign(logit, labels.to(self.device), self.target)
-        return logit, max_normalise(signed_cams(cam.cams[:, 0], sign))
+        labels = None if labels is None else labels.to(self.device)
+        sign = score_sign(logit, labels, self.target)
+        multiclass = spec.head == "multiclass"
+        probability = cam.logits.softmax(1)[:, self.output] if multiclass else logit.sigmoid()
+        return probability, max_normalise(signed_cams(cam.cams[:, 0], sign))
+
+    def label_of(self, sample: dict[str, Tensor]) -> Tensor | None:
+        """One sample's label of the output ``[1]`` (None without a label column)."""
+        return None if self.column is None else sample["labels"][None, self.column]
 
 
 def open_source(args: argparse.Namespace) -> Source:
@@ -124,14 +129,13 @@ def open_source(args: argparse.Namespace) -> Source:
     data = open_data(spec, "train", height if height == width else (height, width), datasets)
     attribute = args.attribute or model.spec.attributes[0]
     output = output_index(model, attribute)
-    column = label_column(data, attribute)
+    multiclass = model.spec.head == "multiclass"
+    column = None if multiclass else label_column(data, attribute)
+    target = resolve_cam_target(args.cam_target, "label", model.spec.head)
     device = resolve_device(args.device)
     model.module.to(device).eval()
-    source = Source(model, data, spec, output, column, args.cam_target, device)
-    first = data[0]
-    source.grid = tuple(
-        source.maps(first["image"][None], first["labels"][None, column])[1].shape[-2:]
-    )
+    source = Source(model, data, spec, output, column, target, device)
+    source.grid = tuple(source.maps(data[0]["image"][None], source.label_of(data[0]))[1].shape[-2:])
     return source
 
 
@@ -188,10 +192,11 @@ def picture(source: Source, item: Any) -> dict[str, Any]:
     paper's Fig. 2) and the neurons it stands for."""
     if isinstance(item, int):
         sample = source.data[item]
-        image, label = sample["image"], sample["labels"][source.column]
-        logit, found = source.maps(image[None], label[None])
+        image, label = sample["image"], source.label_of(sample)
+        probability, found = source.maps(image[None], label)
         tiles = [plain(image), overlay(image[None], found.cpu(), SIDE)[0]]
-        caption = f"image {item}: label {int(label)}, model {float(torch.sigmoid(logit[0])):.2f}"
+        labelled = "" if label is None else f"label {int(label[0])}, "
+        caption = f"image {item}: {labelled}model {float(probability[0]):.2f}"
         return {"pictures": [png_data_uri(t) for t in tiles], "caption": caption}
     pixels = plain(source.data[item["image"]]["image"])
     row, col = item["cell"]

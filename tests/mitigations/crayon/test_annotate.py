@@ -17,10 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mitigations import annotate
-from mitigations import crayon_annotations as notes
-from mitigations.crayon import max_normalise
-from mitigations.crayon_explain import cell_boxes, original_maps
+from mitigations.crayon import annotate, max_normalise
+from mitigations.crayon import answers as notes
+from mitigations.crayon.explain import cell_boxes, original_maps
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.report.images import overlay
 

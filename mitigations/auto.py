@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mitigations.cli import HelpFormatter, Parser
 from pytest_biascheck import files
 from pytest_biascheck.errors import BiascheckError
 
@@ -21,8 +22,9 @@ RECIPE_PREFIX = "python -m mitigations "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m mitigations auto",
+        formatter_class=HelpFormatter,
         description="Run the recipe the gate suggests for most of a model's failing checks, "
         "then keep the new model only if it fails fewer checks and breaks none.",
     )

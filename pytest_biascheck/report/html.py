@@ -14,6 +14,7 @@ import pandas as pd
 
 from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.report import svg
+from pytest_biascheck.report.document import anchor
 from pytest_biascheck.report.images import legend_uri
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -40,6 +41,7 @@ def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = number
+    env.filters["anchor"] = anchor
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     models = [model_view(m, figures.get(m.get("id"), {})) for m in document.get("models", [])]
     return env.get_template("report.html.j2").render(

@@ -31,8 +31,8 @@ GROUP_STATS = {
 }
 
 
-def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
-    """The HTML page of ``document``; ``figures`` maps a model ``id`` to its CAM overlays."""
+def environment() -> jinja2.Environment:
+    """The report templates' environment: autoescaping on, unknown names an error, report filters."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -43,9 +43,16 @@ def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
     env.filters["num"] = number
     env.filters["anchor"] = anchor
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+    return env
+
+
+def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
+    """The HTML page of ``document``; ``figures`` maps a model ``id`` to its CAM overlays."""
     models = [model_view(m, figures.get(m.get("id"), {})) for m in document.get("models", [])]
-    return env.get_template("report.html.j2").render(
-        doc=document, models=models, legend=legend_uri()
+    return (
+        environment()
+        .get_template("report.html.j2")
+        .render(doc=document, models=models, legend=legend_uri())
     )
 
 

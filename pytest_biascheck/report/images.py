@@ -153,7 +153,8 @@ def model_figures(
             "region": plan.regions.get(name) if plan else None,
             "means": means,
             "cells": _cell_tiles(name, grids, tiles[2:], plan),
-            **_samples_of(name, results, cells, samples, lambda maps, guess, i=i: maps[:, i]),
+            "samples": sample_tiles(name, results, cells.get(name), samples),
+            "sample_cell": cells.get(name),
         }
     return figures
 
@@ -198,36 +199,36 @@ def _cell_tiles(
     return out
 
 
-def _samples_of(
-    name: str,
-    results: Results,
-    cells: Mapping[str, Mapping[str, Any]],
-    samples: Mapping[str, Tensor],
-    pick: Any,
-) -> dict[str, Any]:
-    """The figure's ``samples`` (overlays captioned with label and prediction) and ``sample_cell``:
-    the images of ``cells[name]``, each with the map ``pick(maps, predicted)`` chooses and, for an
-    attribute with a region, the outline of the image's own region."""
-    cell = cells.get(name)
+def sample_tiles(
+    name: str, results: Results, cell: Mapping[str, Any] | None, samples: Mapping[str, Tensor]
+) -> list[dict[str, Any]]:
+    """Overlays of the images of ``cell`` (``report.cells.sample_cells``), drawn from ``samples``
+    (``evaluate.sample_maps``), captioned with label and prediction: each with ``name``'s map (a
+    multiclass task: the predicted class's) and, for an attribute with a region, the outline of
+    the image's own region."""
     if cell is None or not cell["indices"] or "index" not in samples:
-        return {"samples": [], "sample_cell": cell}
+        return []
+    plan = results.plan
     where = {int(x): k for k, x in enumerate(samples["index"].tolist())}
     rows = [where[x] for x in cell["indices"]]
     position = results.frame.set_index("index").index.get_indexer(cell["indices"])
     truth, guess = results.label(name)[position], results.predicted(name)[position]
-    chosen = pick(samples["maps"][rows], torch.from_numpy(guess))
-    plan = results.plan
+    maps = samples["maps"][rows]
+    task = results.head == "multiclass" and name == plan.task
+    if task:
+        chosen = maps[torch.arange(len(rows)), torch.from_numpy(guess)]
+    else:
+        chosen = maps[:, list(plan.attributes).index(name)]
     regions = None
     if name in plan.mapped and "regions" in samples:
         regions = samples["regions"][rows][:, list(plan.mapped).index(name)]
     tiles = overlay(samples["image"][rows], chosen, regions=regions)
-    names = plan.attributes if results.head == "multiclass" and name == plan.task else None
     shown = []
     for s, (x, y, z) in enumerate(zip(cell["indices"], truth, guess, strict=True)):
-        label, predicted = (names[y], names[z]) if names else (int(y), int(z))
+        label, predicted = (plan.attributes[y], plan.attributes[z]) if task else (int(y), int(z))
         shown.append({"index": int(x), "label": label, "predicted": predicted,
                       "correct": bool(y == z), "uri": png_data_uri(tiles[s])})  # fmt: skip
-    return {"samples": shown, "sample_cell": cell}
+    return shown
 
 
 def _task_figure(
@@ -249,13 +250,11 @@ def _task_figure(
         for k, c in enumerate(classes)
     ]  # fmt: skip
 
-    def predicted_class(maps: Tensor, guess: Tensor) -> Tensor:
-        return maps[torch.arange(len(guess)), guess]
-
     return {
         "title": f"{task}: map of the predicted class",
         "region": None,
         "means": panels,
         "cells": [],
-        **_samples_of(task, results, cells, samples, predicted_class),
+        "samples": sample_tiles(task, results, cells.get(task), samples),
+        "sample_cell": cells.get(task),
     }

@@ -1,14 +1,18 @@
 """Before/after: the gate's own evaluation pass and check catalogue, run on the parent and on the
-new model with the same plan and thresholds, then written as JSON (and the gate's HTML report)
-and printed as a table. No metric is computed here."""
+new model with the same plan and thresholds, then written as JSON, as one HTML page (delta table,
+a verdict on the new model, both models' maps on the same images, provenance) and printed as a
+table. No metric is computed here."""
 
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_biascheck.atomic import atomic_write_text
 from pytest_biascheck.checks import catalogue, selected
 from pytest_biascheck.config import Settings
 from pytest_biascheck.data.base import BiasDataset
@@ -17,7 +21,9 @@ from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results, finish, run_pass
 from pytest_biascheck.model import LoadedModel
 from pytest_biascheck.planning import Plan, Scope
-from pytest_biascheck.report import write_report
+from pytest_biascheck.report import HTML_NAME, html
+from pytest_biascheck.report.cells import sample_cells
+from pytest_biascheck.report.images import legend_uri, sample_tiles
 from pytest_biascheck.suggest import fix_for
 
 REPORT_SCHEMA = "mitigations-report/1"
@@ -117,11 +123,75 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def command_line() -> str | None:
+    """The command that started this process when it is ``python -m mitigations ...`` (None when
+    a recipe runs inside another program, whose command line says nothing about the run)."""
+    if Path(sys.argv[0]).parts[-2:] != ("mitigations", "__main__.py"):
+        return None
+    return shlex.join(["python", "-m", "mitigations", *sys.argv[1:]])
+
+
+def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the before/after page's banner says about the new model: its failing checks, and how
+    many of the parent's failures it fixed and how many passing checks it broke."""
+    before = [r["before"]["status"] == "FAILED" for r in rows]
+    after = [r["after"]["status"] == "FAILED" for r in rows]
+    return {
+        "checks": len(rows),
+        "failed_before": sum(before),
+        "failed_after": sum(after),
+        "fixed": sum(b and not a for b, a in zip(before, after, strict=True)),
+        "broke": sum(a and not b for b, a in zip(before, after, strict=True)),
+        "release": not any(after),
+    }
+
+
+def banner(counts: Mapping[str, Any], name: str) -> str:
+    """The verdict on the new model ``name`` in one sentence."""
+    change = f"it fixed {counts['fixed']} of the parent's {counts['failed_before']} failing checks and broke {counts['broke']}"
+    if counts["release"]:
+        return f"release {name}: all {counts['checks']} bias checks pass; {change}"
+    return (
+        f"do not release {name}: {counts['failed_after']} of {counts['checks']} bias checks fail; "
+        f"{change}"
+    )
+
+
+def side_by_side(
+    results: tuple[Results, Results],
+    outcomes: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]],
+    draw: tuple[Any, Any],
+) -> list[dict[str, Any]]:
+    """Maps of the parent and the new model on the same images, for each attribute a check failed
+    for (before or after): the images of the cell the parent's failing check names, wrong
+    predictions of the parent first; ``draw`` holds each model's ``evaluate.sample_maps``."""
+    before, after = results
+    cells = sample_cells(before, outcomes[0])
+    failing = [o["attribute"] for side in outcomes for o in side if o["status"] == "FAILED"]
+    names = [n for n in dict.fromkeys(failing) if n in cells] or list(cells)[:1]
+    wanted = sorted({i for n in names for i in cells[n]["indices"]})
+    drawn = [d(wanted) if wanted else {} for d in draw]
+    return [
+        {"attribute": n, "cell": cells[n],
+         "before": sample_tiles(n, before, cells[n], drawn[0]),
+         "after": sample_tiles(n, after, cells[n], drawn[1])}
+        for n in names
+    ]  # fmt: skip
+
+
 def write_html(
-    out_dir: Path, entries: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+    out_dir: Path, document: Mapping[str, Any], maps: Sequence[Mapping[str, Any]]
 ) -> Path:
-    """The gate's HTML report of both models (``biascheck.html`` in ``out_dir``)."""
-    return write_report(entries, out_dir, meta)[1]
+    """The before/after page (``biascheck.html`` in ``out_dir``) of the run ``document`` (the
+    ``mitigations-report`` JSON) with the ``side_by_side`` maps, written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / HTML_NAME
+    page = html.environment().get_template("compare.html.j2").render(
+        doc=document, maps=maps, banner=banner(document["summary"], Path(document["out"]["path"]).stem),
+        legend=legend_uri(),
+    )  # fmt: skip
+    atomic_write_text(path, page)
+    return path
 
 
 def _number(value: float, signed: bool = False) -> str:

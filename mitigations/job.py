@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -17,9 +18,12 @@ import torch.nn.functional as F
 
 from mitigations.compare import (
     REPORT_SCHEMA,
+    command_line,
     comparison,
     evaluate_model,
     run_checks,
+    side_by_side,
+    summary,
     table,
     write_html,
 )
@@ -33,7 +37,7 @@ from pytest_biascheck.data import default_spec
 from pytest_biascheck.data.base import BiasDataset
 from pytest_biascheck.distributed import process_group
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results
+from pytest_biascheck.evaluate import Results, sample_maps
 from pytest_biascheck.model import LoadedModel, load_checkpoint, save_checkpoint
 from pytest_biascheck.planning import Plan, Scope, data_for, group_levels, open_for, plan_for
 from pytest_biascheck.report.document import records, to_json
@@ -269,7 +273,7 @@ def _report(
     results: tuple[Results, Results],
     paths: dict[str, Path],
 ) -> None:
-    """Write ``<out>.report.json`` and the gate's HTML of both models; print the table."""
+    """Write ``<out>.report.json`` and the before/after page; print the table."""
     models = (inputs.model, new)
     outcomes = [
         run_checks(r, m, inputs.scope, inputs.settings, inputs.model.name, inputs.hook)
@@ -298,6 +302,8 @@ def _report(
             "losses": trained.losses,
         },
         "facts": setup.facts,
+        "command": command_line(),
+        "summary": summary(rows),
         "checks": rows,
         "measures": measures,
         "attributes": {
@@ -306,12 +312,11 @@ def _report(
         },
     }
     atomic_write_text(paths["report"], to_json(document))
-    entries = [
-        {"results": r, "outcomes": o, "scope": inputs.scope,
-         "model": {"name": m.name, "path": m.path, "sha256": m.sha256, "arch": m.arch,
-                   "provenance": m.provenance}}
-        for m, r, o in zip(models, results, outcomes, strict=True)
+    draw = [
+        functools.partial(sample_maps, m, inputs.eval_data, inputs.plan,
+                          batch_size=inputs.settings.batch_size, device=inputs.settings.device)
+        for m in models
     ]  # fmt: skip
-    html = write_html(paths["html"], entries, {"data": data, "recipe": recipe.name})
+    html = write_html(paths["html"], document, side_by_side(results, tuple(outcomes), tuple(draw)))
     print(table(rows))
     print(f"report: {paths['report']}, {html}")

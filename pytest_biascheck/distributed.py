@@ -14,9 +14,6 @@ import torch.distributed as dist
 
 from pytest_biascheck.evaluate import Pass, resolve_device
 
-#: Map entries that hold per-image rows (concatenated and ordered by image), not running sums.
-_SAMPLE_PREFIX = "sample_"
-
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:
     """Image indices of process ``rank`` out of ``world``: ``rank::world``, so every image is taken
@@ -48,7 +45,7 @@ def process_group(device: str | None = None) -> Iterator[tuple[int, int, torch.d
 
 def gather_pass(state: Pass, group: dist.ProcessGroup | None = None) -> Pass:
     """The full pass from every process's shard, on every process: accumulators are all-reduced in
-    place, per-image columns and sample maps concatenated, map sums added. No-op without a group."""
+    place, per-image columns concatenated, map sums added. No-op without a group."""
     if not (dist.is_available() and dist.is_initialized()):
         return state
     _align_accumulators(state.accumulators, group)
@@ -82,22 +79,12 @@ def _empty_copy(accumulator: Any) -> Any:
 
 
 def _merge_sums(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Add the running sums of every shard (in rank order, so every process gets the same bits);
-    concatenate the sample rows and order them by image index, as one process would have."""
+    """Add the running sums of every shard (in rank order, so every process gets the same bits)."""
     keys = list(dict.fromkeys(k for shard in shards for k in shard))
     merged = {}
     for key in keys:
         parts = [shard[key] for shard in shards if key in shard]
-        if key.startswith(_SAMPLE_PREFIX):
-            merged[key] = torch.cat(parts)
-        else:
-            merged[key] = sum(parts[1:], parts[0])
-    index_key = f"{_SAMPLE_PREFIX}index"
-    if index_key in merged:
-        order = torch.argsort(merged[index_key], stable=True)
-        for key in keys:
-            if key.startswith(_SAMPLE_PREFIX):
-                merged[key] = merged[key][order]
+        merged[key] = sum(parts[1:], parts[0])
     return merged
 
 

@@ -48,9 +48,6 @@ from pytest_biascheck.metrics.scores import CellScores
 from pytest_biascheck.model import LoadedModel
 from pytest_biascheck.planning import Plan, class_lookup
 
-#: How many evaluation images keep their own maps for the report.
-SAMPLES = 8
-
 
 @dataclass
 class Results:
@@ -182,14 +179,7 @@ def run_pass(
         loader, desc=f"biascheck {loaded.name}", unit="batch", disable=not progress, leave=False
     ):
         images = batch["image"].to(dev)
-        cam = compute_cams(
-            module,
-            spec.normalize(images),
-            spec.target_layer,
-            outputs=maps_for,
-            head=spec.head,
-            target="positive" if multiclass else "predicted",  # class logits; binary: |z|
-        )
+        cam = _cams(module, spec, images, maps_for, multiclass)
         logits = cam.logits.float()
         cams = cam.cams[:, :a].float()
         groups = {name: dataset.protected_values(batch, name).to(dev) for name in plan.protected}
@@ -210,6 +200,8 @@ def run_pass(
             cams_r, labels_r, predicted_r = cams[:, mapped], labels[:, mapped], predicted[:, mapped]
             if not state.sums:
                 _warn_small_regions(regions, cams_r.shape[-2:], plan.mapped)
+            _add(state.sums, "region_sum", regions.double().sum(0))
+            _add(state.sums, "region_n", regions.flatten(2).any(2).double().sum(0))
             for resolution in RESOLUTIONS:
                 acc[f"mask_score:{resolution}"].update(cams_r, regions, index, labels_r, groups)
             acc["energy"].update(cams_r, regions, predicted_r, labels_r)
@@ -226,7 +218,7 @@ def run_pass(
         if plan.feature_probe and cam.features is not None and plan.protected:
             probe = LeakageProbe(cam.features.shape[1], plan.protected)
             acc.setdefault("feature_leakage", probe).update(cam.features.float(), groups, index)
-        _sum_maps(state.sums, cams, predicted, groups, plan, images, index)
+        _sum_maps(state.sums, cams, labels, predicted, groups, plan, images)
         _append(columns, "index", index)
         for i, name in enumerate(spec.attributes):
             _append(columns, f"z:{name}", logits[:, i])
@@ -235,6 +227,50 @@ def run_pass(
         for name, values in groups.items():
             _append(columns, f"g:{name}", values)
     return state
+
+
+def sample_maps(
+    loaded: LoadedModel,
+    dataset: BiasDataset,
+    plan: Plan,
+    indices: Sequence[int],
+    batch_size: int = 64,
+    device: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """The images ``indices`` (``index``, ``image``) with the maps of every checked attribute
+    (``maps [k, A, h, w]``, as the pass computes them) and the masks of the regions of the mapped
+    attributes (``regions [k, A', H, W]``): the report's sample images, chosen after the pass."""
+    if not indices:
+        return {}
+    dev = resolve_device(device)
+    module, spec = loaded.module.to(dev).eval(), loaded.spec
+    outputs = [spec.attributes.index(a) for a in plan.attributes]
+    region_of = _region_lookup(dataset, plan)
+    loader = DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=batch_size)
+    out: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        images = batch["image"].to(dev)
+        cams = _cams(module, spec, images, outputs, plan.head == "multiclass").cams.float()
+        _cat(out, "index", batch["index"])
+        _cat(out, "image", images.cpu())
+        _cat(out, "maps", cams.cpu())
+        if plan.mapped:
+            _cat(out, "regions", region_of(batch, images.shape[-2:]).cpu())
+    return out
+
+
+def _cams(
+    module: torch.nn.Module, spec: Any, images: torch.Tensor, outputs: list[int], multiclass: bool
+):
+    """CAMs of ``outputs``: of the class logits for a multiclass head, of ``|z|`` for a binary one."""
+    return compute_cams(
+        module,
+        spec.normalize(images),
+        spec.target_layer,
+        outputs=outputs,
+        head=spec.head,
+        target="positive" if multiclass else "predicted",
+    )
 
 
 def class_reader(dataset: BiasDataset, plan: Plan):
@@ -476,22 +512,20 @@ def _warn_small_regions(regions: torch.Tensor, grid: Sequence[int], names: Seque
         )
 
 
-def _sum_maps(sums, cams, predicted, groups, plan, images, index) -> None:
-    """Running sums for the report: maps by predicted class and by group value, the mean image."""
+def _sum_maps(sums, cams, labels, predicted, groups, plan, images) -> None:
+    """Running sums for the report: maps by predicted class and by label x group-value cell, the
+    mean image."""
     by_class = torch.nn.functional.one_hot(predicted, 2).double()  # [B, A, 2]
     _add(sums, "by_class", torch.einsum("bak,bahw->akhw", by_class, cams.double()))
     _add(sums, "by_class_n", by_class.sum(0))
+    by_label = torch.nn.functional.one_hot((labels > 0.5).long(), 2).double()  # [B, A, 2]
     for name, values in groups.items():
-        member = torch.nn.functional.one_hot(values, plan.protected[name]).double()
-        _add(sums, f"group:{name}", torch.einsum("bv,bahw->avhw", member, cams.double()))
-        _add(sums, f"group_n:{name}", member.sum(0))
+        member = torch.nn.functional.one_hot(values, plan.protected[name]).double()  # [B, V]
+        cells = torch.einsum("bay,bv,bahw->ayvhw", by_label, member, cams.double())
+        _add(sums, f"cell:{name}", cells)
+        _add(sums, f"cell_n:{name}", torch.einsum("bay,bv->ayv", by_label, member))
     _add(sums, "image_sum", images.double().sum(0))
     _add(sums, "image_n", torch.tensor(float(images.shape[0]), dtype=torch.float64))
-    keep = index < SAMPLES
-    if keep.any():
-        _cat(sums, "sample_index", index[keep])
-        _cat(sums, "sample_image", images[keep].cpu())
-        _cat(sums, "sample_maps", cams[keep].cpu())
 
 
 def _add(sums: dict, key: str, value: torch.Tensor) -> None:

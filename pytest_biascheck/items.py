@@ -18,6 +18,8 @@ from _pytest._code.code import (
 from pytest_biascheck.baseline import compare
 from pytest_biascheck.checks import Check, Measurement, Target
 from pytest_biascheck.errors import BiascheckError
+from pytest_biascheck.report import HTML_NAME
+from pytest_biascheck.report.document import anchor
 from pytest_biascheck.state import STATE
 
 #: The outcome of a check item, read by the plugin into its test report.
@@ -152,6 +154,7 @@ class CheckItem(pytest.Item):
             self.user_properties.append(
                 ("interval", f"[{float(measured.low)!r}, {float(measured.high)!r}]")
             )
+        self.user_properties.append(("report", self.report_link()))
 
     def explain(
         self, measured: Measurement, threshold: float, op: str, origin: str, previous: float | None
@@ -175,6 +178,7 @@ class CheckItem(pytest.Item):
                 f"  threshold  {op} {threshold:.3f}  ({self.check.direction}; {origin})",
                 f"  checks     {self.check.description}",
                 f"  fix        {self.fix()}",
+                f"  report     {self.report_link()}",
             ],
         )
 
@@ -183,6 +187,14 @@ class CheckItem(pytest.Item):
         state = self.config.stash[STATE]
         key = self.parent.key
         return self.check.command(self.target, state.scope(key), state.fix(key))
+
+    def report_link(self) -> str:
+        """This item's row in the HTML report: the page (relative to the folder pytest was started
+        in when inside it) and the row's anchor."""
+        page = self.config.stash[STATE].report_dir.absolute() / HTML_NAME
+        start = self.config.invocation_params.dir.absolute()
+        shown = page.relative_to(start) if page.is_relative_to(start) else page
+        return f"{shown.as_posix()}#{anchor(self.nodeid)}"
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         """The explanation, shaped by ``--tb``: a line each (``line``), without the check's

@@ -4,6 +4,7 @@ gathered from test reports (so that the pytest-xdist controller sees its workers
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -212,6 +213,17 @@ class BiascheckState:
         """Outcomes in collection order, whichever process ran them first."""
         return [outcome for _, outcome in sorted(self.outcomes, key=lambda pair: pair[0])]
 
+    def _sampler(self, key: str, results: Any) -> Any:
+        """A function drawing the report's sample images of a model: their maps, from the model."""
+        from pytest_biascheck.evaluate import sample_maps
+
+        if results.plan is None:
+            return None
+        return functools.partial(
+            sample_maps, self.models[key], self.dataset(key)[1], results.plan,
+            batch_size=self.settings.batch_size, device=self.settings.device,
+        )  # fmt: skip
+
     def write_report(self, config: pytest.Config) -> Path | None:
         """The HTML and JSON report of every model checked or evaluated (nothing when none was)."""
         from pytest_biascheck.report import library_versions, write_report
@@ -236,6 +248,7 @@ class BiascheckState:
                         "provenance": m.provenance,
                     },
                     "scope": self.scope(key),
+                    "images": self._sampler(key, results),
                 }
             )
         if not entries:

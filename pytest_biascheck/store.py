@@ -24,13 +24,13 @@ from pytest_biascheck.evaluate import Results
 from pytest_biascheck.planning import Plan
 
 #: Bumped whenever a table changes meaning: it is part of the cache key, so old entries miss.
-SCHEMA = "biascheck-results/2"
+SCHEMA = "biascheck-results/3"
 _REMAKE = "write it with `python -m pytest_biascheck evaluate --out FILE` or store.save_results"
 _INFINITY = {"Infinity": np.inf, "-Infinity": -np.inf}
 
 
 def save_results(results: Results, path: str | Path) -> Path:
-    """Write ``results`` as a ``biascheck-results/1`` JSON document, atomically (temp file + rename)."""
+    """Write ``results`` as a ``SCHEMA`` JSON document, atomically (temp file + rename)."""
     path = Path(path)
     doc = {
         "schema": SCHEMA,

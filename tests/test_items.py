@@ -108,6 +108,7 @@ def test_failure_header_is_the_items_name_and_text_starts_with_its_id(
         "  threshold  >= 0.500  (min; default; set fixed in [thresholds] of *biascheck.toml)",
         "  checks     a value the test sets",
         "  fix        fix --model alpha.pt --attribute Male",
+        "  report     reports/biascheck.html#check-alpha.pt-fixed-Male",
         "FAILED alpha.pt::fixed[Male] - 0.200 does not meet >= 0.500",
     ]
     result.stdout.fnmatch_lines([literal(line) for line in expected])
@@ -163,6 +164,18 @@ def test_junitxml_carries_the_measurement_and_the_evaluation_time(
     failure = by_name["fixed[Male]"].find("failure")
     assert failure.get("message") == "0.200 does not meet >= 0.500"
     assert "fix        fix --model alpha.pt --attribute Male" in failure.text
+    link = "reports/biascheck.html#check-alpha.pt-fixed-Male"
+    assert male["report"] == link and f"report     {link}" in failure.text
+
+
+def test_report_link_leads_to_the_items_row(pytester: pytest.Pytester, fixed_values):
+    """The anchor in the failure text names the row of that item in the report that the run wrote."""
+    result = pytester.runpytest(*ALPHA, "-p", "no:cacheprovider", "--biascheck-no-cache")
+    (link,) = re.findall(r"^  report     (\S+)$", result.stdout.str(), re.M)
+    page, fragment = link.split("#")
+    html = (pytester.path / page).read_text()
+    row = re.search(rf'<tr class="check failed" id="{fragment}" data-check="([^"]+)"', html)
+    assert row is not None and row.group(1) == ITEMS[1]
 
 
 @pytest.mark.parametrize(

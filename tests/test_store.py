@@ -136,11 +136,11 @@ def test_evaluated_results_round_trip(tmp_path, tiny_checkpoint):
     [
         None,
         b"\x89PNG\r\n\x1a\n\x00\x00",
-        b'{"schema": "biascheck-results/2", "model": "m"',
+        b'{"schema": "biascheck-results/3", "model": "m"',
         b"[1, 2, 3]",
         b'{"schema": "biascheck-results/0"}',
-        b'{"schema": "biascheck-results/2", "model": "m", "sha256": "x", "data": "d"}',
-        b'{"schema": "biascheck-results/2", "model": "m", "sha256": "x", "data": "d", '
+        b'{"schema": "biascheck-results/3", "model": "m", "sha256": "x", "data": "d"}',
+        b'{"schema": "biascheck-results/3", "model": "m", "sha256": "x", "data": "d", '
         b'"attributes": [], "frame": [], "tables": {}, "maps": {}}',
     ],
     ids=["missing", "binary", "truncated", "list", "old-schema", "no-frame", "frame-not-object"],

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 
 from pytest_biascheck.checks import BUILTIN
+from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.mcc import mcc
 
@@ -111,6 +113,23 @@ def checked_attributes(results: Results) -> list[str]:
     return [c.split(":", 1)[1] for c in results.frame.columns if c.startswith("y:")]
 
 
+def anchor(item: str) -> str:
+    """The HTML id of a check item's row in the report, for links to it (``report.html#<id>``):
+    ``check-`` and the item id with each run of characters other than letters, digits, ``_`` and
+    ``.`` made one ``-``."""
+    return "check-" + re.sub(r"[^A-Za-z0-9_.]+", "-", item).strip("-")
+
+
+def split_of(spec: str) -> str:
+    """The split of the data ``spec`` the gate evaluates: the spec's own ``split=``, else test."""
+    from pytest_biascheck.data import parse_spec
+
+    try:
+        return str(parse_spec(spec)[2].get("split", "test"))
+    except BiascheckError:
+        return "test"
+
+
 def model_id(position: int) -> str:
     """The id of the ``position``-th model in the document, its HTML anchor and its figures' key."""
     return f"model-{position}"
@@ -160,6 +179,7 @@ def _model_document(position: int, entry: Mapping[str, Any]) -> dict[str, Any]:
         "arch": model.get("arch"),
         "provenance": model.get("provenance", {}),
         "data": results.data,
+        "split": split_of(results.data),
         "n_images": len(results.frame),
         "attributes": checked_attributes(results),
         "head": results.head,
@@ -171,8 +191,17 @@ def _model_document(position: int, entry: Mapping[str, Any]) -> dict[str, Any]:
         "summary": summarise(checks),
         "checks": checks,
         "tables": {name: records(frame) for name, frame in results.tables.items()},
-        "figures": {"heatmap_vs_mcc": heatmap_vs_mcc(results)},
+        "figures": {
+            "heatmap_vs_mcc": heatmap_vs_mcc(results),
+            "samples": {name: _sample_cell(cell) for name, cell in entry.get("cells", {}).items()},
+        },
     }
+
+
+def _sample_cell(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A figure's sample cell as the JSON holds it: where its images come from and which they are."""
+    keys = ("label", "group", "value", "caption", "reason", "n", "wrong", "indices")
+    return {k: cell[k] for k in keys}
 
 
 def _with_description(outcome: Mapping[str, Any]) -> dict[str, Any]:

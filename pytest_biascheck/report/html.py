@@ -14,6 +14,7 @@ import pandas as pd
 
 from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.report import svg
+from pytest_biascheck.report.document import anchor
 from pytest_biascheck.report.images import legend_uri
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -30,8 +31,8 @@ GROUP_STATS = {
 }
 
 
-def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
-    """The HTML page of ``document``; ``figures`` maps a model ``id`` to its CAM overlays."""
+def environment() -> jinja2.Environment:
+    """The report templates' environment: autoescaping on, unknown names an error, report filters."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -40,10 +41,18 @@ def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = number
+    env.filters["anchor"] = anchor
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+    return env
+
+
+def render(document: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
+    """The HTML page of ``document``; ``figures`` maps a model ``id`` to its CAM overlays."""
     models = [model_view(m, figures.get(m.get("id"), {})) for m in document.get("models", [])]
-    return env.get_template("report.html.j2").render(
-        doc=document, models=models, legend=legend_uri()
+    return (
+        environment()
+        .get_template("report.html.j2")
+        .render(doc=document, models=models, legend=legend_uri())
     )
 
 

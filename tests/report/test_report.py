@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import functools
 import io
 import json
 import math
@@ -26,7 +27,7 @@ from sklearn.metrics import matthews_corrcoef
 from pytest_biascheck.checks import BUILTIN
 from pytest_biascheck.data.synth_faces import SynthFaces
 from pytest_biascheck.errors import BiascheckError
-from pytest_biascheck.evaluate import Results, evaluate
+from pytest_biascheck.evaluate import Results, _sum_maps, evaluate, sample_maps
 from pytest_biascheck.model import load_checkpoint
 from pytest_biascheck.planning import Plan, Scope
 from pytest_biascheck.report import (
@@ -39,6 +40,7 @@ from pytest_biascheck.report import (
     write_report,
 )
 from pytest_biascheck.report import html as report_html
+from pytest_biascheck.report.cells import sample_cells
 from pytest_biascheck.report.document import heatmap_vs_mcc, plain
 from pytest_biascheck.suggest import Fix
 
@@ -48,11 +50,16 @@ REGIONS = {"Smiling": "mouth", "Young": "eyes"}
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
+def tiny_data() -> SynthFaces:
+    return SynthFaces(n=48, image_size=32)
+
+
 def evaluate_tiny(checkpoint: Path) -> Results:
     """A tiny model's Results on 48 small SynthFaces images (Male is predicted: heatmap scores)."""
     plan = Plan(ATTRIBUTES, PROTECTED, REGIONS, bootstrap=50, feature_probe=True)
-    data = SynthFaces(n=48, image_size=32)
-    return evaluate(load_checkpoint(checkpoint), data, "synthfaces:n=48", plan, batch_size=16)
+    return evaluate(
+        load_checkpoint(checkpoint), tiny_data(), "synthfaces:n=48", plan, batch_size=16
+    )
 
 
 def outcomes_for(results: Results, name: str) -> list[dict[str, Any]]:
@@ -74,8 +81,11 @@ def outcomes_for(results: Results, name: str) -> list[dict[str, Any]]:
     return out
 
 
-def sample_entries(results: Results, name: str = "tiny") -> list[dict[str, Any]]:
-    """One report entry for ``results`` under the model name ``name``."""
+def sample_entries(
+    results: Results, name: str = "tiny", checkpoint: Path | None = None
+) -> list[dict[str, Any]]:
+    """One report entry for ``results`` under the model name ``name``; with the ``checkpoint`` it
+    was evaluated from, the report draws sample images."""
     model = {"name": name, "path": f"/models/{name}.pt", "sha256": results.sha256,
              "arch": "biascheck.small_resnet", "provenance": {"seed": 0}}  # fmt: skip
     scope = {"attributes": list(ATTRIBUTES), "protected": list(PROTECTED), "regions": REGIONS}
@@ -85,6 +95,11 @@ def sample_entries(results: Results, name: str = "tiny") -> list[dict[str, Any]]
             "outcomes": outcomes_for(results, name),
             "model": model,
             "scope": scope,
+            "images": None
+            if checkpoint is None
+            else functools.partial(
+                sample_maps, load_checkpoint(checkpoint), tiny_data(), results.plan
+            ),
         }
     ]
 
@@ -98,8 +113,11 @@ def results(tiny_checkpoint: Path) -> Results:
 
 
 @pytest.fixture(scope="module")
-def written(results: Results, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_report(sample_entries(results), tmp_path_factory.mktemp("report"), META)
+def written(
+    results: Results, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    entries = sample_entries(results, checkpoint=tiny_checkpoint)
+    return write_report(entries, tmp_path_factory.mktemp("report"), META)
 
 
 def strict_json(text: str) -> Any:
@@ -214,7 +232,8 @@ def test_html_is_self_contained(written: tuple[Path, Path]) -> None:
     tags = Tags(page).tags
     assert not re.search(r"https?://", page)
     assert "url(" not in page and "@import" not in page
-    assert not [t for t, _ in tags if t in ("script", "iframe", "object", "embed")]
+    assert not [t for t, _ in tags if t in ("iframe", "object", "embed")]
+    assert [a for t, a in tags if t == "script"] == [{}]  # one inline script: sort and filter
     for tag, attrs in tags:
         if tag == "link":
             assert attrs.get("href", "").startswith("data:"), attrs
@@ -252,7 +271,8 @@ def test_names_from_models_and_config_render_as_text(results: Results, tmp_path:
     page = html_path.read_text()
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     tags = Tags(page).tags
-    assert not [t for t, _ in tags if t == "script"]
+    assert [t for t, _ in tags if t == "script"] == ["script"]  # the report's own, no other
+    assert page.count("<script") == 1
     assert not [a for _, a in tags if any(k.startswith("on") for k in a)]
     assert all(a["src"].startswith("data:") for t, a in tags if t == "img")
 
@@ -387,25 +407,180 @@ def test_png_data_uri_is_lossless() -> None:
     assert np.array_equal(decoded, pixels.numpy())
 
 
-def test_figures_split_by_predicted_class_and_group_with_counts_from_the_frame(
-    results: Results,
+def test_outline_is_the_inner_boundary_of_the_region_resized_to_the_tile() -> None:
+    # A 2x2 square in a 4x4 mask, doubled to 8x8 with half-pixel bilinear weights: output pixel i
+    # reads source (i + 0.5) / 2 - 0.5, so rows and columns 2..5 are at least 0.5 (a 4x4 square)
+    # and its boundary is that square less its 2x2 interior.
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 1:3, 1:3] = 1
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:6, 2:6] = True
+    expected[3:5, 3:5] = False
+    assert torch.equal(images.outline(mask, size=8)[0], expected)
+    pictures, maps = (
+        torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.rand(1, 2, 2),
+    )
+    plain, drawn = images.overlay(pictures, maps, size=8), images.overlay(pictures, maps, 8, mask)
+    cyan = torch.tensor(images.OUTLINE, dtype=torch.uint8)
+    assert bool((drawn[0][expected] == cyan).all())
+    assert torch.equal(drawn[0][~expected], plain[0][~expected])
+
+
+def test_outline_of_a_region_filling_the_image_or_of_none_is_empty() -> None:
+    assert not images.outline(torch.ones(1, 4, 4), size=8).any()
+    assert not images.outline(torch.zeros(1, 4, 4), size=8).any()
+
+
+def test_cell_sums_hold_the_mean_map_of_each_label_and_group_value() -> None:
+    # Four images, one attribute, 1x2 maps; Smiling labels 1, 1, 1, 0 and Male values 0, 0, 1, 0.
+    cams = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]], [[[0.5, 0.5]]], [[[0.2, 0.4]]]])
+    labels = torch.tensor([[1], [1], [1], [0]])
+    plan = Plan(("Smiling",), {"Male": 2}, {})
+    sums: dict[str, torch.Tensor] = {}
+    _sum_maps(
+        sums,
+        cams,
+        labels,
+        labels,
+        {"Male": torch.tensor([0, 0, 1, 0])},
+        plan,
+        torch.zeros(4, 3, 2, 2),
+    )
+    n = sums["cell_n:Male"][0]  # [label, value]
+    assert n.tolist() == [[1, 0], [2, 1]]
+    mean = sums["cell:Male"][0] / n.clamp_min(1)[..., None, None]
+    assert mean[1, 0].tolist() == [[0.5, 0.5]]  # images 0 and 1
+    assert mean[1, 1].tolist() == [[0.5, 0.5]]  # image 2
+    assert torch.allclose(mean[0, 0], torch.tensor([[0.2, 0.4]], dtype=torch.float64))
+
+
+def test_cell_means_equal_the_mean_of_each_images_own_map(results: Results, drawn: dict) -> None:
+    """The pass's cell sums against the maps of all 48 images drawn one by one afterwards."""
+    frame = results.frame
+    order = torch.argsort(drawn["index"])
+    maps = drawn["maps"][order].double()
+    for i, name in enumerate(ATTRIBUTES):
+        labels = torch.tensor(frame[f"y:{name}"].to_numpy() > 0.5)
+        for group in PROTECTED:
+            values = torch.tensor(frame[f"g:{group}"].to_numpy())
+            for label in (0, 1):
+                for value in (0, 1):
+                    inside = (labels == label) & (values == value)
+                    n = results.maps[f"cell_n:{group}"][i, label, value]
+                    assert int(n) == int(inside.sum())
+                    if inside.any():
+                        mean = results.maps[f"cell:{group}"][i, label, value] / n
+                        assert torch.allclose(mean, maps[inside, i].mean(0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def drawn(results: Results, tiny_checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Every image of the tiny evaluation, drawn again by ``sample_maps`` in batches of 5."""
+    return sample_maps(
+        load_checkpoint(tiny_checkpoint), tiny_data(), results.plan, range(48), batch_size=5
+    )
+
+
+def test_samples_come_from_the_worst_mask_cell_wrong_predictions_first(results: Results) -> None:
+    failing = [
+        {"check": "mask_score", "attribute": "Smiling", "other": "mouth", "status": "FAILED"}
+    ]
+    cell = sample_cells(results, failing)["Smiling"]
+    table = results.tables["mask_score"]
+    rows = table[(table["attribute"] == "Smiling") & (table["resolution"] == "grid")]
+    rows = rows[(rows["label"] == 1) & (rows["group"] != "") & (rows["n"] >= 1)]
+    worst = rows.loc[rows["lift"].idxmin()]
+    assert (cell["label"], cell["group"], cell["value"]) == (
+        1,
+        worst["group"],
+        worst["group_value"],
+    )
+    assert "mask_score[Smiling-mouth]" in cell["reason"]
+    assert_wrong_first(results, "Smiling", cell)
+
+
+def test_samples_come_from_the_failing_groups_worst_accuracy_cell(results: Results) -> None:
+    failing = [
+        {"check": "accuracy", "attribute": "Young", "other": None, "status": "FAILED"},
+        {
+            "check": "worst_group_accuracy",
+            "attribute": "Young",
+            "other": "Male",
+            "status": "FAILED",
+        },
+    ]
+    cell = sample_cells(results, failing)["Young"]
+    frame = results.frame
+    truth, guess = frame["y:Young"] > 0.5, frame["z:Young"] > 0
+    accuracy = {
+        (y, v): float((truth == guess)[(truth == y) & (frame["g:Male"] == v)].mean())
+        for y in (0, 1) for v in (0, 1) if ((truth == y) & (frame["g:Male"] == v)).any()
+    }  # fmt: skip
+    assert (cell["label"], cell["value"]) == min(accuracy, key=accuracy.get)
+    assert cell["group"] == "Male" and "Male" in cell["reason"]
+    assert_wrong_first(results, "Young", cell)
+
+
+def test_without_a_failure_samples_come_from_the_lowest_accuracy_cell(results: Results) -> None:
+    cell = sample_cells(results, [])["Young"]
+    cells = results.tables["group_cells"]
+    mine = cells[(cells["attribute"] == "Young") & ~cells["excluded"]]
+    lowest = mine.loc[mine["accuracy"].idxmin()]
+    assert (cell["group"], cell["label"], cell["value"]) == (
+        lowest["group"],
+        lowest["label"],
+        lowest["value"],
+    )
+    assert_wrong_first(results, "Young", cell)
+
+
+def assert_wrong_first(results: Results, name: str, cell: dict[str, Any]) -> None:
+    """The cell's samples: up to 8 of its images, its wrong predictions first, each part in order."""
+    frame = results.frame.set_index("index")
+    inside = (frame[f"y:{name}"] > 0.5) == cell["label"]
+    if cell["group"] is not None:
+        inside &= frame[f"g:{cell['group']}"] == cell["value"]
+    wrong = ((frame[f"z:{name}"] > 0) != (frame[f"y:{name}"] > 0.5)) & inside
+    expected = sorted(frame.index[wrong])[:8]
+    expected += sorted(frame.index[inside & ~wrong])[: 8 - len(expected)]
+    assert cell["indices"] == expected
+    assert (cell["n"], cell["wrong"]) == (int(inside.sum()), int(wrong.sum()))
+
+
+def test_figures_show_predicted_class_means_cells_and_outlined_samples(
+    results: Results, tiny_checkpoint: Path
 ) -> None:
-    figures = images.model_figures(results)
+    outcomes = outcomes_for(results, "tiny")
+    cells = sample_cells(results, outcomes)
+    wanted = sorted({i for c in cells.values() for i in c["indices"]})
+    drawn = sample_maps(load_checkpoint(tiny_checkpoint), tiny_data(), results.plan, wanted)
+    figures = images.model_figures(results, cells, drawn)
     frame = results.frame
     assert list(figures) == list(ATTRIBUTES)
     for name, figure in figures.items():
         predicted = (frame[f"z:{name}"] > 0).astype(int)
-        expected = [("", v, int((predicted == v).sum())) for v in (0, 1)]
-        expected += [
-            (g, v, int((frame[f"g:{g}"] == v).sum())) for g in sorted(PROTECTED) for v in (0, 1)
-        ]
-        assert [(t["split"], t["value"], t["n"]) for t in figure["means"]] == expected
+        assert [t["n"] for t in figure["means"]] == [int((predicted == v).sum()) for v in (0, 1)]
         assert all((t["uri"] is None) == (t["n"] == 0) for t in figure["means"])
+        assert [g["group"] for g in figure["cells"]] == sorted(PROTECTED)
+        for grid in figure["cells"]:
+            group_cells = results.tables["group_cells"]
+            for row in grid["rows"]:
+                for tile in row["tiles"]:
+                    match = group_cells[(group_cells["attribute"] == name) & (group_cells["group"] == grid["group"])
+                                        & (group_cells["label"] == row["label"]) & (group_cells["value"] == tile["value"])]  # fmt: skip
+                    assert tile["n"] == (int(match["n"].iloc[0]) if len(match) else 0)
         samples = figure["samples"]
-        assert [s["index"] for s in samples] == list(range(8))
-        rows = frame.set_index("index").loc[range(8)]
-        correct = (rows[f"z:{name}"] > 0) == (rows[f"y:{name}"] > 0.5)
-        assert [s["correct"] for s in samples] == correct.tolist()
+        assert [s["index"] for s in samples] == cells[name]["indices"]
+        column = list(results.plan.mapped).index(name)
+        where = {int(x): k for k, x in enumerate(drawn["index"].tolist())}
+        for sample in samples:
+            regions = drawn["regions"][where[sample["index"]], column][None]
+            pixels = torch.tensor(
+                np.asarray(Image.open(io.BytesIO(base64.b64decode(sample["uri"].split(",", 1)[1]))))
+            )
+            cyan = (pixels == torch.tensor(images.OUTLINE, dtype=torch.uint8)).all(-1)
+            assert torch.equal(cyan, images.outline(regions)[0])
 
 
 # --- chart geometry ---------------------------------------------------------------------------

@@ -57,3 +57,14 @@ def test_clicks_and_keys_are_saved_and_a_reload_resumes(served, tmp_path, browse
     assert [r for r in requests if not r.startswith(url) and not r.startswith("data:")] == []
     with Image.open(tmp_path / "page.png") as shot:
         assert shot.format == "PNG" and shot.width == 900
+
+
+def test_page_fits_a_390_pixel_viewport(served, browser):  # noqa: F811
+    url, _, _ = served()
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_function("document.querySelectorAll('#pictures img').length === 2")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for box in [page.locator(s).bounding_box() for s in ("#undo", "#set-question")]:
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390

@@ -18,7 +18,7 @@ from pytest_biascheck.evaluate import Results
 from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.metrics.bootstrap import bootstrap_ci
 from pytest_biascheck.planning import Scope
-from pytest_biascheck.suggest import Fix, Remedy, fields
+from pytest_biascheck.suggest import Fix, Remedy, fields, suggestion
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class Check:
     """A named bias check. ``direction`` "min": the value must be at least the threshold; "max": at most.
 
     ``targets(scope)`` lists what to check for a model (one pytest item each); ``measure(results,
-    target, scope)`` computes the value; ``recipe`` is the mitigation: a :class:`Remedy`, or a
-    command template formatted with the fields of :func:`suggest.fields` by ``command``. ``gate=False`` marks a check that is measured and reported as
+    target, scope)`` computes the value; ``recipe`` is the mitigation: remedies tried in order
+    (:func:`suggest.suggestion`), or a command template formatted with the fields of
+    :func:`suggest.fields` by ``command``. ``gate=False`` marks a check that is measured and reported as
     information but becomes an item only when the config's ``checks`` names it; ``why`` says why.
     ``bounds`` is the range of the measured value: thresholds in the config must lie inside it.
     """
@@ -59,7 +60,7 @@ class Check:
     direction: str
     threshold: float
     description: str
-    recipe: str | Remedy
+    recipe: str | Sequence[Remedy]
     targets: Callable[[Scope], list[Target]]
     measure: Callable[[Results, Target, Scope], Measurement]
     gate: bool = True
@@ -76,9 +77,9 @@ class Check:
         """The mitigation command for one target, shell-quoted and ready to paste (or why no
         recipe fixes it)."""
         values = fields(fix, target.attribute, target.other, scope.attributes)
-        if isinstance(self.recipe, Remedy):
-            return self.recipe.command(values)
-        return self.recipe.format(**values)
+        if isinstance(self.recipe, str):
+            return self.recipe.format(**values)
+        return suggestion(self.recipe, values)
 
 
 def selected(checks: dict[str, Check], wanted: Sequence[str]) -> list[Check]:
@@ -357,18 +358,26 @@ def prediction_kl(results: Results, target: Target, scope: Scope) -> Measurement
     )
 
 
+#: Rebalancing on the group the attribute leans on: on the biased fixtures it fixed every failing
+#: check (mask score included) and broke none, where ROI-IoU and JLU broke others
+#: (docs/mitigations.md, "Suggested fixes").
+REBALANCE = Remedy(
+    "rebalance", "rebalanced", ("--attribute {attribute}", "--protected {group}", "--mcc 0"),
+    needs=("group",),
+)  # fmt: skip
 ROI_IOU = Remedy(
     "roi-iou", "roi_iou", ("--attribute {attribute}", "--region {other}", "--lr 0.001"),
     optional=("--pair {group}",),
 )  # fmt: skip
-AFFACT_B = Remedy("affact-b", "affact_b", ("--attributes {attribute}",))
-REBALANCE = Remedy(
-    "rebalance", "rebalanced", ("--attribute {attribute}", "--protected {group}", "--mcc 0"),
-    needs_group=True,
+ATTENTION = (replace(REBALANCE, needs=("group", "shortcut")), ROI_IOU)
+AFFACT_B = (Remedy("affact-b", "affact_b", ("--attributes {attribute}",)),)
+CRAYON = (Remedy("crayon", "crayon", ("--attribute {attribute}", "--mode attention")),)
+GROUPS = (REBALANCE,)
+#: JLU unlearns a protected group from the features: never one the model predicts.
+UNLEARN = (
+    Remedy("jlu", "jlu", ("--attribute {attributes}", "--spurious {attribute}"),
+           needs=("not_predicted",)),
 )  # fmt: skip
-CRAYON = Remedy("crayon", "crayon", ("--attribute {attribute}", "--mode attention"))
-JLU = Remedy("jlu", "jlu", ("--attribute {attribute}", "--spurious {group}"), needs_group=True)
-JLU_LEAKAGE = Remedy("jlu", "jlu", ("--attribute {attributes}", "--spurious {attribute}"))
 
 #: The range of a lift over chance: 1 at a perfect score, 0 at chance, unbounded below.
 LIFT = (-math.inf, 1.0)
@@ -398,31 +407,31 @@ BUILTIN: tuple[Check, ...] = (
     Check("class_accuracy", "min", 0.5, "per-class accuracy of a multiclass head: share of the class's images predicted as that class",
           AFFACT_B, per_class, class_accuracy),
     Check("mask_score", "min", 0.07, "lift over chance of the Attention-IoU mask score in the worst protected group of images showing the attribute: 0 for a map that ignores the image, 1 for the region itself",
-          ROI_IOU, per_region, mask_score, bounds=LIFT),
+          ATTENTION, per_region, mask_score, bounds=LIFT),
     Check("heatmap_score", "max", 0.5, "lift over chance of the heatmap score: how much the attribute's CAM overlaps the protected attribute's",
           CRAYON, per_predicted_group, heatmap_score, gate=False, why=WHY["heatmap_score"], bounds=LIFT),
     Check("majority_energy", "min", 0.1, "lift over chance of the proportional energy inside the region, images predicted as the majority class",
           AFFACT_B, per_region, majority_energy, gate=False, why=WHY["majority_energy"], bounds=LIFT),
     Check("minority_energy", "min", 0.1, "lift over chance of the proportional energy inside the region, images predicted as the minority class",
-          ROI_IOU, per_region, minority_energy, gate=False, why=WHY["minority_energy"], bounds=LIFT),
+          ATTENTION, per_region, minority_energy, gate=False, why=WHY["minority_energy"], bounds=LIFT),
     Check("no_activation_rate", "max", 0.2, "share of images whose CAM is empty (a prediction from the bias neuron alone)",
           AFFACT_B, per_region, no_activation_rate, gate=False, why=WHY["no_activation_rate"]),
     Check("worst_group_accuracy", "min", 0.7, "lowest accuracy over the label x group cells (true class x group for a multiclass head)",
-          REBALANCE, per_task_group, _group_stat("worst_group_accuracy")),
+          GROUPS, per_task_group, _group_stat("worst_group_accuracy")),
     Check("group_accuracy_gap", "max", 0.1, "largest accuracy difference between values of the protected group",
-          REBALANCE, per_task_group, _group_stat("accuracy_gap"), gate=False, why=WHY["group_accuracy_gap"]),
+          GROUPS, per_task_group, _group_stat("accuracy_gap"), gate=False, why=WHY["group_accuracy_gap"]),
     Check("fnr_gap", "max", 0.15, "largest false-negative-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
-          REBALANCE, per_group, _group_stat("fnr_gap"), gate=False, why=WHY["fnr_gap"]),
+          GROUPS, per_group, _group_stat("fnr_gap"), gate=False, why=WHY["fnr_gap"]),
     Check("fpr_gap", "max", 0.15, "largest false-positive-rate difference between groups (per class, one-vs-rest, for a multiclass head)",
-          REBALANCE, per_group, _group_stat("fpr_gap"), gate=False, why=WHY["fpr_gap"]),
+          GROUPS, per_group, _group_stat("fpr_gap"), gate=False, why=WHY["fpr_gap"]),
     Check("equalized_odds", "max", 0.15, "equalized-odds difference: the larger of the TPR and FPR gaps",
-          JLU, per_group, _group_stat("equalized_odds_difference")),
+          GROUPS, per_group, _group_stat("equalized_odds_difference")),
     Check("leakage", "max", 0.2, "largest difference between groups in the mean predicted probability among images of the same true label",
-          JLU, per_group, leakage),
+          GROUPS, per_group, leakage),
     Check("feature_leakage", "max", 0.1, "probe accuracy above chance for the protected attribute from penultimate features (JLU)",
-          JLU_LEAKAGE, per_protected, feature_leakage, gate=False, why=WHY["feature_leakage"], bounds=(-1.0, 1.0)),
+          UNLEARN, per_protected, feature_leakage, gate=False, why=WHY["feature_leakage"], bounds=(-1.0, 1.0)),
     Check("prediction_kl", "max", 0.1, "largest KL divergence between the groups' distributions of predicted probabilities, within each true label",
-          JLU, per_group, prediction_kl, gate=False, why=WHY["prediction_kl"], bounds=(0.0, math.inf)),
+          GROUPS, per_group, prediction_kl, gate=False, why=WHY["prediction_kl"], bounds=(0.0, math.inf)),
 )  # fmt: skip
 
 

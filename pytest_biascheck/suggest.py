@@ -1,13 +1,14 @@
 """The fix a failing check suggests: its recipe's command, filled in with what makes it work on the
 gated model and data — the training data the model learned from (so the recipe meets the same
 shortcut), the protected group its predictions lean on, a batch size and a step count sized to the
-data — or, where no recipe fits, why not."""
+data — or, where no recipe fits, why not. Which recipe comes first for which check was measured on
+the biased fixtures (tests/test_suggested_fixes.py, docs/mitigations.md)."""
 
 from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,18 +20,24 @@ BATCH = 32
 STEPS = (60, 250)
 
 
+#: Leakage (the largest gap in mean predicted probability between groups, within a true label)
+#: from which a group counts as the attribute's shortcut: the leakage check's default threshold.
+LEANS = 0.2
+
+
 @dataclass(frozen=True)
 class Fix:
     """What a suggestion is filled in with for one model: its file and stem, the gated data spec,
-    the training data spec and size when known, and per attribute the group its predictions
-    depend on most (:func:`shortcut_groups`)."""
+    the training data spec and size when known, per attribute the shortcut group its predictions
+    lean on (:func:`shortcut_groups`), and the binary protected groups a recipe can balance."""
 
     model: str
     stem: str
     data: str
     train: str
     train_images: int | None = None
-    groups: Mapping[str, str] = field(default_factory=dict)
+    shortcuts: Mapping[str, str] = field(default_factory=dict)
+    binary: frozenset[str] = frozenset()
 
     @property
     def steps(self) -> int:
@@ -43,25 +50,41 @@ class Fix:
 
 @dataclass(frozen=True)
 class Remedy:
-    """A recipe and its options, as templates over the fields of :meth:`fields`. An option naming
-    ``{group}`` needs the attribute's shortcut group: optional options are dropped without it,
-    and a remedy whose ``needs`` are missing says why there is no fix (``unfixable``)."""
+    """A recipe and its options, as templates over the fields of :func:`fields`. ``needs`` says
+    when it applies: ``"group"``, a binary group to work on (the shortcut, else the target's own
+    group); ``"shortcut"``, a group the predictions lean on; ``"not_predicted"``, a ``{group}``
+    the model does not predict (unlearning it would break that output). ``optional`` options are
+    dropped without a group; a remedy without a recipe says why (``unfixable``)."""
 
     recipe: str
-    suffix: str
+    suffix: str = ""
     options: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
-    needs_group: bool = False
+    needs: tuple[str, ...] = ()
     unfixable: str = ""
 
-    def command(self, fields: Mapping[str, str]) -> str:
+    def applies(self, fields: Mapping[str, str]) -> str:
+        """Why this remedy does not apply to a target ("" when it does)."""
         if not self.recipe:
-            return f"no recipe fixes this check: {self.unfixable}"
-        if self.needs_group and not fields["group"]:
+            return self.unfixable
+        attribute, group = fields["attribute"], fields["group"]
+        if "group" in self.needs and not group:
             return (
-                f"no recipe fixes this check here: {self.recipe} needs a binary protected group "
-                f"that {fields['attribute']}'s predictions depend on, and the scope has none"
+                f"{self.recipe} needs a binary protected group to balance, and {attribute} has none"
             )
+        if "shortcut" in self.needs and not fields["shortcut"]:
+            return f"{attribute}'s predictions lean on no protected group (leakage < {LEANS})"
+        spurious = self.spurious(fields)
+        if "not_predicted" in self.needs and spurious in fields["predicted"].split():
+            return f"{self.recipe} would unlearn {spurious}, which the model predicts"
+        return ""
+
+    def spurious(self, fields: Mapping[str, str]) -> str:
+        """The value this remedy's ``--spurious`` option takes ("" without one)."""
+        options = [o.split(maxsplit=1) for o in self.options]
+        return next((v.format(**fields) for k, v in options if k == "--spurious"), "")
+
+    def command(self, fields: Mapping[str, str]) -> str:
         options = [*self.options, *(o for o in self.optional if fields["group"])]
         parts = [
             f"python -m mitigations {self.recipe} --model {{model}} --out {{stem}}_{self.suffix}.pt",
@@ -72,21 +95,39 @@ class Remedy:
         return " ".join(parts).format(**fields)
 
 
+def suggestion(remedies: Sequence[Remedy], fields: Mapping[str, str]) -> str:
+    """The command of the first remedy that applies, else the sentence saying why none does."""
+    reasons = []
+    for remedy in remedies:
+        reason = remedy.applies(fields)
+        if not reason:
+            return remedy.command(fields)
+        reasons.append(reason)
+    return f"no recipe fixes this check here: {'; '.join(reasons)}"
+
+
 def fix_for(model: Any, data: str, results: Any) -> Fix:
     """The :class:`Fix` of a loaded model evaluated on ``data`` with ``results``."""
     train, size = training_spec(model.provenance, data)
-    return Fix(str(model.path), model.name, data, train, size, shortcut_groups(results))
+    plan = results.plan
+    counts = plan.protected if plan is not None else {}
+    binary = frozenset(g for g, n in counts.items() if n == 2 and len(group_parts(g)) == 1)
+    return Fix(str(model.path), model.name, data, train, size, shortcut_groups(results), binary)
 
 
 def fields(fix: Fix, attribute: str, other: str | None, attributes: Any) -> dict[str, str]:
     """The template fields of one target, shell-quoted: ``model``, ``stem``, ``data``, ``train``,
-    ``attribute``, ``other``, ``attributes`` (space separated), ``group``, ``batch``, ``steps``."""
-    group = fix.groups.get(attribute, "")
+    ``attribute``, ``other``, ``attributes`` (space separated), ``group`` (the attribute's
+    shortcut, else ``other`` when it is a binary group, else empty), ``shortcut``, ``batch``,
+    ``steps``; and for :meth:`Remedy.applies` ``predicted`` (the model's checked outputs)."""
+    shortcut = fix.shortcuts.get(attribute, "")
+    group = shortcut or (other if other in fix.binary else "")
     return {
         "model": shlex.quote(fix.model), "stem": fix.stem, "data": shlex.quote(fix.data),
         "train": shlex.quote(fix.train), "attribute": shlex.quote(attribute),
         "other": shlex.quote(other or ""), "attributes": " ".join(shlex.quote(a) for a in attributes),
-        "group": shlex.quote(group) if group else "", "batch": str(BATCH), "steps": str(fix.steps),
+        "group": shlex.quote(group) if group else "", "shortcut": shortcut,
+        "batch": str(BATCH), "steps": str(fix.steps), "predicted": " ".join(attributes),
     }  # fmt: skip
 
 
@@ -114,13 +155,14 @@ def _spec_size(spec: str) -> int | None:
 
 def shortcut_groups(results: Any) -> dict[str, str]:
     """For each attribute, the binary protected group its predicted probability depends on most
-    among images of the same true label (the largest ``leakage``, above 0): the group to
-    rebalance on or unlearn, whichever group a failing item names."""
+    among images of the same true label, when that leakage reaches :data:`LEANS`: the group to
+    rebalance on, whichever group a failing item names (a shortcut through hair colour makes
+    Smiling fail across Male and Young too)."""
     plan = results.plan
     table = results.tables.get("leakage")
     if plan is None or table is None or table.empty:
         return {}
     binary = {g for g, count in plan.protected.items() if count == 2 and len(group_parts(g)) == 1}
-    rows = table[table["group"].isin(binary) & (table["value"] > 0)]
+    rows = table[table["group"].isin(binary) & (table["value"] >= LEANS)]
     rows = rows.sort_values(["attribute", "value", "group"], ascending=[True, False, True])
     return dict(rows.groupby("attribute", sort=False)["group"].first())

@@ -25,7 +25,7 @@ SCOPE = Scope(
 TRAIN = "synthfaces:n=1000,corr=Smiling~Black_Hair@0.95"
 FIX = Fix(
     "my model.pt", "my_model", "synthfaces:n=64", TRAIN, 1000,
-    {"Smiling": "Black_Hair", "Male": "Black_Hair"},
+    {"Smiling": "Black_Hair", "Male": "Black_Hair"}, frozenset({"Black_Hair"}),
 )  # fmt: skip
 COMMANDS = [
     (check.name, target, check.command(target, SCOPE, FIX))

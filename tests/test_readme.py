@@ -35,5 +35,4 @@ def test_each_row_matches_the_catalogue(check) -> None:
     assert gates == ("yes" if check.gate else "no")
     op = ">=" if check.direction == "min" else "<="
     assert threshold == f"{op} {check.threshold:.2f}"
-    recipe = check.recipe.recipe
-    assert fix == f"`{recipe}`"
+    assert fix == " or ".join(f"`{remedy.recipe}`" for remedy in check.recipe)

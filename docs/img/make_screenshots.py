@@ -1,6 +1,7 @@
 """Regenerate the report screenshots in docs/img/: the gate's report on the biased face fixture at
-desktop width and at 390 px, and the before/after page of a short rebalance run. Runs the gate and
-the recipe on the CPU (a few minutes) in a temporary folder, then Debian Chromium via Playwright.
+desktop width and at 390 px, and the before/after page of the fix the gate suggests for it, run by
+``python -m mitigations auto``. Runs the gate and the recipe on the CPU (about ten minutes) in a
+temporary folder, then Debian Chromium via Playwright.
 
     python docs/img/make_screenshots.py
 """
@@ -19,11 +20,6 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent
 FIXTURE = ROOT / "fixtures" / "faces_biased.pt"
-RECIPE = [
-    "rebalance", "--data", "synthfaces:split=train,preset=biased,n=2000",
-    "--eval-data", "synthfaces:n=500", "--attribute", "Smiling", "--protected", "Black_Hair",
-    "--batch-size", "32", "--max-steps", "20",
-]  # fmt: skip
 #: (file, page, viewport width, height of the picture)
 SHOTS = [
     ("report-desktop.png", "report", 1280, 1500),
@@ -46,11 +42,10 @@ def main() -> None:
         shutil.copy(FIXTURE, work / FIXTURE.name)
         run("-m", "pytest", "--biascheck", FIXTURE.name, "-p", "no:cacheprovider", "-q",
             "--biascheck-report", "reports", cwd=work)  # fmt: skip
-        run("-m", "mitigations", RECIPE[0], "--model", FIXTURE.name, "--out", "rebalanced.pt",
-            *RECIPE[1:], cwd=work)  # fmt: skip
+        run("-m", "mitigations", "auto", "--model", FIXTURE.name, cwd=work)
         pages = {
             "report": work / "reports" / "biascheck.html",
-            "compare": work / "rebalanced.report" / "biascheck.html",
+            "compare": next(work.glob(f"{FIXTURE.stem}_*.report")) / "biascheck.html",
         }
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(

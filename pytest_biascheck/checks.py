@@ -370,7 +370,7 @@ ROI_IOU = Remedy(
     optional=("--pair {group}",),
 )  # fmt: skip
 ATTENTION = (replace(REBALANCE, needs=("group", "shortcut")), ROI_IOU)
-AFFACT_B = (Remedy("affact-b", "affact_b", ("--attributes {attribute}",)),)
+AFFACT_B = (Remedy("affact-b", "affact_b", optional=("--attributes {attribute}",)),)
 CRAYON = (Remedy("crayon", "crayon", ("--attribute {attribute}", "--mode attention")),)
 GROUPS = (REBALANCE,)
 #: JLU unlearns a protected group from the features: never one the model predicts.

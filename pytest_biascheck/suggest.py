@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import shlex
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_biascheck.data.base import group_parts
+from pytest_biascheck.planning import DEFAULT_TASK
 
 #: The batch of every suggested fine-tune: small enough for a CPU, large enough for batch norm.
 BATCH = 32
@@ -29,7 +31,8 @@ LEANS = 0.2
 class Fix:
     """What a suggestion is filled in with for one model: its file and stem, the gated data spec,
     the training data spec and size when known, per attribute the shortcut group its predictions
-    lean on (:func:`shortcut_groups`), and the binary protected groups a recipe can balance."""
+    lean on (:func:`shortcut_groups`), the binary protected groups a recipe can balance, and for a
+    multiclass head its task and the classes that stand for it."""
 
     model: str
     stem: str
@@ -38,6 +41,10 @@ class Fix:
     train_images: int | None = None
     shortcuts: Mapping[str, str] = field(default_factory=dict)
     binary: frozenset[str] = frozenset()
+    task: str = ""
+    task_classes: Mapping[str, str] = field(default_factory=dict)
+    """A multiclass head's task name, and per protected group the class that leans on it most:
+    what a recipe, which trains one class, is given for an item of the task as a whole."""
 
     @property
     def steps(self) -> int:
@@ -54,7 +61,8 @@ class Remedy:
     when it applies: ``"group"``, a binary group to work on (the shortcut, else the target's own
     group); ``"shortcut"``, a group the predictions lean on; ``"not_predicted"``, a ``{group}``
     the model does not predict (unlearning it would break that output). ``optional`` options are
-    dropped without a group; a remedy without a recipe says why (``unfixable``)."""
+    dropped when a field they name is empty (no group; ``{attribute}`` of a multiclass task with
+    no class to stand for it); a remedy without a recipe says why (``unfixable``)."""
 
     recipe: str
     suffix: str = ""
@@ -68,6 +76,9 @@ class Remedy:
         if not self.recipe:
             return self.unfixable
         attribute, group = fields["attribute"], fields["group"]
+        if not attribute and any("{attribute}" in o for o in self.options):
+            return f"{self.recipe} trains one class, and no class of {fields['task']} stands out"
+        attribute = attribute or fields["task"]
         if "group" in self.needs and not group:
             return (
                 f"{self.recipe} needs a binary protected group to balance, and {attribute} has none"
@@ -85,7 +96,9 @@ class Remedy:
         return next((v.format(**fields) for k, v in options if k == "--spurious"), "")
 
     def command(self, fields: Mapping[str, str]) -> str:
-        options = [*self.options, *(o for o in self.optional if fields["group"])]
+        names = string.Formatter().parse
+        filled = [o for o in self.optional if all(fields[n] for _, n, _, _ in names(o) if n)]
+        options = [*self.options, *filled]
         parts = [
             f"python -m mitigations {self.recipe} --model {{model}} --out {{stem}}_{self.suffix}.pt",
             "--data {train} --eval-data {data}",
@@ -112,22 +125,33 @@ def fix_for(model: Any, data: str, results: Any) -> Fix:
     plan = results.plan
     counts = plan.protected if plan is not None else {}
     binary = frozenset(g for g, n in counts.items() if n == 2 and len(group_parts(g)) == 1)
-    return Fix(str(model.path), model.name, data, train, size, shortcut_groups(results), binary)
+    shortcuts = shortcut_groups(results)
+    if plan is None or plan.head != "multiclass":
+        return Fix(str(model.path), model.name, data, train, size, shortcuts, binary)
+    task = plan.task or DEFAULT_TASK
+    return Fix(
+        str(model.path), model.name, data, train, size, shortcuts, binary, task,
+        leaning_classes(results),
+    )  # fmt: skip
 
 
 def fields(fix: Fix, attribute: str, other: str | None, attributes: Any) -> dict[str, str]:
     """The template fields of one target, shell-quoted: ``model``, ``stem``, ``data``, ``train``,
-    ``attribute``, ``other``, ``attributes`` (space separated), ``group`` (the attribute's
-    shortcut, else ``other`` when it is a binary group, else empty), ``shortcut``, ``batch``,
-    ``steps``; and for :meth:`Remedy.applies` ``predicted`` (the model's checked outputs)."""
+    ``attribute`` (for a multiclass task as a whole, the class that leans most on ``other``, or
+    empty), ``other``, ``attributes`` (space separated), ``group`` (the attribute's shortcut,
+    else ``other`` when it is a binary group, else empty), ``shortcut``, ``batch``, ``steps``,
+    ``task``; and for :meth:`Remedy.applies` ``predicted`` (the model's checked outputs)."""
+    if fix.task and attribute == fix.task:
+        attribute = fix.task_classes.get(other or "", "")
     shortcut = fix.shortcuts.get(attribute, "")
     group = shortcut or (other if other in fix.binary else "")
     return {
         "model": shlex.quote(fix.model), "stem": fix.stem, "data": shlex.quote(fix.data),
-        "train": shlex.quote(fix.train), "attribute": shlex.quote(attribute),
+        "train": shlex.quote(fix.train), "attribute": shlex.quote(attribute) if attribute else "",
         "other": shlex.quote(other or ""), "attributes": " ".join(shlex.quote(a) for a in attributes),
         "group": shlex.quote(group) if group else "", "shortcut": shortcut,
         "batch": str(BATCH), "steps": str(fix.steps), "predicted": " ".join(attributes),
+        "task": fix.task,
     }  # fmt: skip
 
 
@@ -166,3 +190,16 @@ def shortcut_groups(results: Any) -> dict[str, str]:
     rows = table[table["group"].isin(binary) & (table["value"] >= LEANS)]
     rows = rows.sort_values(["attribute", "value", "group"], ascending=[True, False, True])
     return dict(rows.groupby("attribute", sort=False)["group"].first())
+
+
+def leaning_classes(results: Any) -> dict[str, str]:
+    """For a multiclass head, per protected group the class whose one-vs-rest predicted probability
+    depends on it most (the largest ``leakage``): the class a one-class recipe works on for an item
+    of the task as a whole."""
+    table = results.tables.get("leakage")
+    classes = set(results.plan.attributes)
+    if table is None or table.empty:
+        return {}
+    rows = table[table["attribute"].isin(classes)]
+    rows = rows.sort_values(["group", "value", "attribute"], ascending=[True, False, True])
+    return dict(rows.groupby("group", sort=False)["attribute"].first())

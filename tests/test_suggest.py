@@ -27,7 +27,8 @@ CHECKS = {c.name: c for c in BUILTIN}
 
 def results_with(leakage: list[tuple[str, str, float]], protected: dict[str, int]):
     table = pd.DataFrame(leakage, columns=["attribute", "group", "value"])
-    return SimpleNamespace(tables={"leakage": table}, plan=SimpleNamespace(protected=protected))
+    plan = SimpleNamespace(protected=protected, head="multilabel")
+    return SimpleNamespace(tables={"leakage": table}, plan=plan)
 
 
 def test_shortcut_group_is_the_binary_group_with_the_largest_leakage():

@@ -4,6 +4,9 @@ steps change the weights, and the class comes from a ``label`` column as the gat
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +15,8 @@ from mitigations.__main__ import build_parser
 from mitigations.recipe import Job, training_targets
 from mitigations.registry import builtin_recipes
 from mitigations.train import TrainConfig, train
+from pytest_biascheck.api import evaluate
+from pytest_biascheck.checks import catalogue, selected
 from pytest_biascheck.config import ModelSettings, Settings
 from pytest_biascheck.data.real import MetadataGroups
 from pytest_biascheck.data.synth_birds import SynthBirds
@@ -19,6 +24,7 @@ from pytest_biascheck.data.synth_faces import HAIR_COLOURS, SynthFaces
 from pytest_biascheck.errors import BiascheckError
 from pytest_biascheck.model import load_checkpoint
 from pytest_biascheck.planning import plan_for
+from pytest_biascheck.suggest import fix_for
 from tests.test_multiclass import hair_of, save_multiclass
 
 N = 48
@@ -128,3 +134,28 @@ def test_the_class_comes_from_a_label_column_as_the_gate_reads_it(tmp_path):
     job = Job(model, data, "birds", scope, plan, torch.device("cpu"))
     expected = torch.tensor([classes.index(s) for s in species])
     assert torch.equal(training_targets(job), expected)
+
+
+def test_every_command_the_gate_suggests_for_a_multiclass_head_runs(
+    hair_model, cli, tmp_path, capsys
+):
+    """The gate's suggestions for every gating item of a multiclass head name a class where a
+    recipe trains one, and each distinct command runs (one step, no report: the command's own
+    options otherwise, as printed)."""
+    data = "synthfaces:n=32"
+    results = evaluate(hair_model, data, name="hair")
+    model = load_checkpoint(hair_model)
+    scope, _ = plan_for(model, SynthFaces(n=32, image_size=32), Settings())
+    fix = dataclasses.replace(fix_for(model, data, results), train="synthfaces:n=48")
+    commands = {
+        check.command(target, scope, fix)
+        for check in selected(catalogue(), ())
+        for target in check.targets(scope)
+    }
+    runnable = sorted(c for c in commands if c.startswith("python -m mitigations "))
+    assert {shlex.split(c)[3] for c in runnable} >= {"affact-b", "rebalance"}
+    for command in runnable:
+        argv = shlex.split(command)[3:]
+        if "--attribute" in argv:  # a one-class recipe gets a class, never the task's name
+            assert argv[argv.index("--attribute") + 1] in HAIR_COLOURS
+        assert cli(*argv, "--max-steps", "1", "--skip-checks") == 0, capsys.readouterr().err

@@ -12,6 +12,7 @@ from PIL import Image
 
 from pytest_biascheck.report import write_report
 from pytest_biascheck.report.document import anchor
+from tests.pages import watched_page
 from tests.report.test_report import EVIL, META, evaluate_tiny, sample_entries
 
 
@@ -24,12 +25,7 @@ def test_report_opens_offline_and_shows_the_json_counts(
     json_path, html_path = write_report(entries, report_dir, META)
     document = json.loads(json_path.read_text())
     url = html_path.resolve().as_uri()
-    requests: list[str] = []
-    errors: list[str] = []
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.on("request", lambda request: requests.append(request.url))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, requests, errors = watched_page(browser, 1280, 900)
     page.goto(url, wait_until="load")
     counts = {k: int(page.inner_text(f"#n-{k}")) for k in ("passed", "failed", "total")}
     images_ok = page.evaluate(

@@ -8,17 +8,13 @@ import json
 from PIL import Image
 
 from tests.mitigations.crayon.test_annotate import served  # noqa: F401 - the running-server fixture
+from tests.pages import watched_page
 
 
 def test_clicks_and_keys_are_saved_and_a_reload_resumes(served, tmp_path, browser):  # noqa: F811
     url, path, _ = served()
     saved = lambda: json.loads(path.read_text())  # noqa: E731
-    requests: list[str] = []
-    errors: list[str] = []
-    page = browser.new_page(viewport={"width": 900, "height": 800})
-    page.on("request", lambda request: requests.append(request.url))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, requests, errors = watched_page(browser, 900, 800)
     page.goto(url + "/", wait_until="load")
 
     def shows(answered: int, position: int) -> None:

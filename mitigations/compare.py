@@ -82,7 +82,9 @@ def run_checks(
 def comparison(
     before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """One row per check item: threshold, the value and status before and after, and the change."""
+    """One row per check item: threshold, the value and status before and after, and the change;
+    the checks whose status changed first (fixed, then broken), then those failing on both sides,
+    then the rest, each in catalogue order."""
     later = {o["item"]: o for o in after}
     rows = []
     for old in before:
@@ -100,7 +102,13 @@ def comparison(
                 "change": new["value"] - old["value"],
             }
         )
-    return rows
+    return sorted(rows, key=_interest)
+
+
+def _interest(row: Mapping[str, Any]) -> int:
+    """0: fixed, 1: broken, 2: failing before and after, 3: the rest."""
+    failed = (row["before"]["status"] == "FAILED", row["after"]["status"] == "FAILED")
+    return {(True, False): 0, (False, True): 1, (True, True): 2}.get(failed, 3)
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> str:

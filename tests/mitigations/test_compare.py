@@ -8,7 +8,7 @@ import json
 import re
 import sys
 
-from mitigations.compare import banner, summary
+from mitigations.compare import banner, comparison, summary
 
 
 def row(before: str, after: str) -> dict:
@@ -27,6 +27,21 @@ def test_banner_counts_the_new_models_failures_and_what_it_fixed_and_broke():
         "do not release child: 2 of 5 bias checks fail; it fixed 2 of the parent's 3 failing "
         "checks and broke 1"
     )
+
+
+def test_rows_that_changed_come_first_then_those_still_failing():
+    def outcome(item: str, status: str) -> dict:
+        return {"item": item, "check": "c", "op": ">=", "threshold": 0.5, "value": 0.5,
+                "low": 0.4, "high": 0.6, "n": 10, "status": status}  # fmt: skip
+
+    pairs = {"same": ("passed", "passed"), "stuck": ("FAILED", "FAILED"),
+             "broken": ("passed", "FAILED"), "fixed": ("FAILED", "passed"),
+             "also same": ("passed", "passed")}  # fmt: skip
+    rows = comparison(
+        [outcome(k, b) for k, (b, _) in pairs.items()],
+        [outcome(k, a) for k, (_, a) in pairs.items()],
+    )
+    assert [r["item"] for r in rows] == ["fixed", "broken", "stuck", "same", "also same"]
 
 
 def test_banner_says_release_when_the_new_model_passes_every_check():

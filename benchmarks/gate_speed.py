@@ -6,7 +6,8 @@ memory of the gate at two dataset sizes (each in its own process: flat means it 
     python benchmarks/gate_speed.py [--n 2000] [--memory-sizes 2000,20000] [--arch resnet50,vit_b_16]
         [--size 224] [--batch-size 32] [--device cpu|cuda] [--amp] [--channels-last]
 
-Goal: the gate within 1.5x a forward+backward pass (the maps take one backward).
+Goal: the gate within 1.5x a forward+backward pass (the maps take one backward). Also prints
+what decoding costs in the gate's loader against torchvision's decoder, as a share of the gate.
 """
 
 from __future__ import annotations
@@ -113,6 +114,23 @@ def bare(model, spec, csv: Path, args, backward: bool) -> tuple[float, float]:
     return since(start)
 
 
+def decoding(csv: Path, size: int) -> tuple[float, float]:
+    """Seconds per image of the gate's loader (Pillow in-process, with its decompression-bomb and
+    file checks, resize, tensor) and of torchvision's JPEG decoder with the same resize: what
+    decoding in workers or with torchvision could save at most."""
+    data = open_data(f"csv:{csv},groups=skin_tone", "test", size)
+    start = time.perf_counter()
+    for i in range(len(data)):
+        data[i]
+    pil = (time.perf_counter() - start) / len(data)
+    paths = sorted((csv.parent / "img").glob("*.jpg"))[: len(data)]
+    start = time.perf_counter()
+    for path in paths:
+        image = torchvision.io.decode_jpeg(torchvision.io.read_file(str(path)))
+        torchvision.transforms.functional.resize(image, [size, size], antialias=True)
+    return pil, (time.perf_counter() - start) / len(paths)
+
+
 def peak_memory(arch: str, n: int, folder: Path, args) -> float:
     """Peak memory (GiB) of a process that runs the gate on ``n`` images: RSS on CPU, CUDA's
     allocator peak on a GPU."""
@@ -167,6 +185,12 @@ def main() -> None:
             f"bare forward {forward[0]:.1f} s ({n / forward[0]:.1f} images/s); forward+backward "
             f"{both[0]:.1f} s; gate / forward = {seconds[0] / forward[0]:.2f}x, gate / "
             f"forward+backward = {seconds[0] / both[0]:.2f}x (goal <= 1.5x)"
+        )
+        pil, tv = decoding(csv, args.size)
+        print(
+            f"{arch}: decoding {pil * 1e3:.1f} ms/image in the gate's loader (Pillow, in-process), "
+            f"{tv * 1e3:.1f} ms/image with torchvision.io.decode_jpeg: "
+            f"{pil * n / seconds[0]:.1%} of the gate's time"
         )
         if args.device == "cpu":
             print(

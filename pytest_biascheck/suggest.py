@@ -159,10 +159,10 @@ def training_spec(provenance: Mapping[str, Any], data: str) -> tuple[str, int | 
     """The data spec a model learned from and its size, when its checkpoint records them (fixtures
     and recipes write ``train`` and ``train_images``), so a suggested fine-tune meets the same
     shortcut; else the gated spec, whose train split the recipe takes (and whose evaluated images
-    it refuses to train on)."""
+    it refuses to train on), and its ``n=`` when it names one."""
     train = provenance.get("train")
     if not isinstance(train, str) or not train:
-        return data, None
+        return data, _spec_size(data)
     size = provenance.get("train_images")
     return train, int(size) if isinstance(size, int) and size > 0 else _spec_size(train)
 

@@ -109,7 +109,9 @@ def test_failing_check_explains_value_threshold_interval_and_fix(pytester: pytes
             "alpha.pt::accuracy?Smiling?: 0.* does not meet >= 0.990",
             "*value      0.*(95% CI 0.*-0.*, n=64 images)",
             "*threshold  >= 0.990*",
-            "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt --data synthfaces:n=64 --attributes Smiling",
+            "*fix        python -m mitigations affact-b --model alpha.pt --out alpha_affact_b.pt "
+            "--data synthfaces:n=64 --eval-data synthfaces:n=64 --attributes Smiling "
+            "--batch-size 32 --max-steps 60",
             "*biascheck summary*",
             "alpha.pt::accuracy?Smiling?  0.*>= 0.990*FAILED",
         ]

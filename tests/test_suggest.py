@@ -56,6 +56,7 @@ def test_training_spec_prefers_the_recorded_training_data():
     assert training_spec({**recorded, "train_images": 812}, "synthfaces")[1] == 812
     assert training_spec({"train": "csv:faces.csv"}, "csv:eval.csv") == ("csv:faces.csv", None)
     assert training_spec({}, "csv:eval.csv") == ("csv:eval.csv", None)
+    assert training_spec({}, "synthfaces:n=640") == ("synthfaces:n=640", 640)
 
 
 @pytest.mark.parametrize(

@@ -212,11 +212,8 @@ def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
     table = results.table("mask_score")
     mine = table[(table["attribute"] == target.attribute) & (table["resolution"] == resolution)]
     overall = _overall_row(mine, target.attribute)
-    least = (plan.min_group_share if plan else 0.0) * len(results.frame)
-    positive = mine[(mine["label"] == 1) & (mine["n"] >= max(least, 1))]
-    cells = positive[positive["group"] != ""]
-    cells = cells if len(cells) else positive[positive["group"] == ""]
-    worst = cells.loc[cells["lift"].idxmin()] if len(cells) else overall
+    worst = worst_mask_cell(results, target.attribute)
+    worst = overall if worst is None else worst
     found = _lift(worst, "Attention-IoU")
     where = _cell_name(worst, target.attribute, plan)
     overall_lift = f"{overall['lift']:.3f} over all {int(overall['n'])} images with the region"
@@ -225,6 +222,21 @@ def mask_score(results: Results, target: Target, scope: Scope) -> Measurement:
         detail=f"worst cell {where}: {found.detail}; overall lift {overall_lift}; maps compared "
         f"at the {resolution} resolution",
     )
+
+
+def worst_mask_cell(results: Results, attribute: str) -> pd.Series | None:
+    """The mask score's row of its worst cell: the lowest lift over the protected groups' cells of
+    positive images holding ``min_group_share`` of the images (all positive images without
+    groups), at the planned resolution; None when no cell has images."""
+    plan = results.plan
+    resolution = plan.resolution if plan else DEFAULT_RESOLUTION
+    table = results.table("mask_score")
+    mine = table[(table["attribute"] == attribute) & (table["resolution"] == resolution)]
+    least = (plan.min_group_share if plan else 0.0) * len(results.frame)
+    positive = mine[(mine["label"] == 1) & (mine["n"] >= max(least, 1))]
+    cells = positive[positive["group"] != ""]
+    cells = cells if len(cells) else positive[positive["group"] == ""]
+    return cells.loc[cells["lift"].idxmin()] if len(cells) else None
 
 
 def _cell_name(row: pd.Series, attribute: str, plan: Any) -> str:

@@ -7,10 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from pytest_biascheck.checks import worst_mask_cell
 from pytest_biascheck.evaluate import Results
-from pytest_biascheck.metrics.attention import DEFAULT_RESOLUTION
 from pytest_biascheck.report.document import checked_attributes
 
 #: How many sample images the report shows per attribute.
@@ -53,23 +52,6 @@ def sample_cells(
         )
         out[name] = cell
     return out
-
-
-def worst_mask_cell(results: Results, attribute: str) -> pd.Series | None:
-    """The mask score's row of its worst cell: the lowest lift over the protected groups' cells of
-    positive images holding ``min_group_share`` of the images (all positive images without
-    groups), at the planned resolution, as ``checks.mask_score`` reads it."""
-    table = results.tables.get("mask_score")
-    if table is None:
-        return None
-    plan = results.plan
-    resolution = plan.resolution if plan else DEFAULT_RESOLUTION
-    mine = table[(table["attribute"] == attribute) & (table["resolution"] == resolution)]
-    least = (plan.min_group_share if plan else 0.0) * len(results.frame)
-    positive = mine[(mine["label"] == 1) & (mine["n"] >= max(least, 1))]
-    cells = positive[positive["group"] != ""]
-    cells = cells if len(cells) else positive[positive["group"] == ""]
-    return cells.loc[cells["lift"].idxmin()] if len(cells) else None
 
 
 def _named_cell(

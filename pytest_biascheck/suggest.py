@@ -16,6 +16,8 @@ from typing import Any
 from pytest_biascheck.data.base import group_parts
 from pytest_biascheck.planning import DEFAULT_TASK
 
+#: How every suggested command starts (``python -m mitigations auto`` recognises them by it).
+COMMAND = "python -m mitigations "
 #: The batch of every suggested fine-tune: small enough for a CPU, large enough for batch norm.
 BATCH = 32
 #: Bounds of a suggested fine-tune's steps (one pass over the training images, in batches of BATCH).
@@ -100,7 +102,7 @@ class Remedy:
         filled = [o for o in self.optional if all(fields[n] for _, n, _, _ in names(o) if n)]
         options = [*self.options, *filled]
         parts = [
-            f"python -m mitigations {self.recipe} --model {{model}} --out {{stem}}_{self.suffix}.pt",
+            f"{COMMAND}{self.recipe} --model {{model}} --out {{stem}}_{self.suffix}.pt",
             "--data {train} --eval-data {data}",
             *options,
             "--batch-size {batch} --max-steps {steps}",
@@ -123,16 +125,18 @@ def fix_for(model: Any, data: str, results: Any) -> Fix:
     """The :class:`Fix` of a loaded model evaluated on ``data`` with ``results``."""
     train, size = training_spec(model.provenance, data)
     plan = results.plan
-    counts = plan.protected if plan is not None else {}
-    binary = frozenset(g for g, n in counts.items() if n == 2 and len(group_parts(g)) == 1)
-    shortcuts = shortcut_groups(results)
-    if plan is None or plan.head != "multiclass":
-        return Fix(str(model.path), model.name, data, train, size, shortcuts, binary)
-    task = plan.task or DEFAULT_TASK
+    multiclass = plan is not None and plan.head == "multiclass"
     return Fix(
-        str(model.path), model.name, data, train, size, shortcuts, binary, task,
-        leaning_classes(results),
+        str(model.path), model.name, data, train, size, shortcut_groups(results),
+        binary_groups(plan), (plan.task or DEFAULT_TASK) if multiclass else "",
+        leaning_classes(results) if multiclass else {},
     )  # fmt: skip
+
+
+def binary_groups(plan: Any) -> frozenset[str]:
+    """The protected groups of ``plan`` a recipe can balance: single attributes with two values."""
+    counts = plan.protected if plan is not None else {}
+    return frozenset(g for g, n in counts.items() if n == 2 and len(group_parts(g)) == 1)
 
 
 def fields(fix: Fix, attribute: str, other: str | None, attributes: Any) -> dict[str, str]:
@@ -182,14 +186,11 @@ def shortcut_groups(results: Any) -> dict[str, str]:
     among images of the same true label, when that leakage reaches :data:`LEANS`: the group to
     rebalance on, whichever group a failing item names (a shortcut through hair colour makes
     Smiling fail across Male and Young too)."""
-    plan = results.plan
     table = results.tables.get("leakage")
-    if plan is None or table is None or table.empty:
+    if results.plan is None or table is None:
         return {}
-    binary = {g for g, count in plan.protected.items() if count == 2 and len(group_parts(g)) == 1}
-    rows = table[table["group"].isin(binary) & (table["value"] >= LEANS)]
-    rows = rows.sort_values(["attribute", "value", "group"], ascending=[True, False, True])
-    return dict(rows.groupby("attribute", sort=False)["group"].first())
+    rows = table[table["group"].isin(binary_groups(results.plan)) & (table["value"] >= LEANS)]
+    return _most_leaking(rows, "attribute", "group")
 
 
 def leaning_classes(results: Any) -> dict[str, str]:
@@ -197,9 +198,15 @@ def leaning_classes(results: Any) -> dict[str, str]:
     depends on it most (the largest ``leakage``): the class a one-class recipe works on for an item
     of the task as a whole."""
     table = results.tables.get("leakage")
-    classes = set(results.plan.attributes)
-    if table is None or table.empty:
+    if table is None:
         return {}
-    rows = table[table["attribute"].isin(classes)]
-    rows = rows.sort_values(["group", "value", "attribute"], ascending=[True, False, True])
-    return dict(rows.groupby("group", sort=False)["attribute"].first())
+    return _most_leaking(
+        table[table["attribute"].isin(results.plan.attributes)], "group", "attribute"
+    )
+
+
+def _most_leaking(rows: Any, key: str, choice: str) -> dict[str, str]:
+    """Per value of column ``key`` of leakage ``rows``, the ``choice`` with the largest leakage
+    (ties: the first ``choice`` by name)."""
+    rows = rows.sort_values([key, "value", choice], ascending=[True, False, True])
+    return dict(rows.groupby(key, sort=False)[choice].first())

@@ -17,8 +17,7 @@ from typing import Any
 from mitigations.cli import HelpFormatter, Parser
 from pytest_biascheck import files
 from pytest_biascheck.errors import BiascheckError
-
-RECIPE_PREFIX = "python -m mitigations "
+from pytest_biascheck.suggest import COMMAND
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +89,7 @@ def choose(outcomes: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[str]
     covered: dict[str, list[str]] = {}
     for outcome in outcomes:
         recipe = outcome.get("recipe") or ""
-        if outcome["status"] == "FAILED" and recipe.startswith(RECIPE_PREFIX):
+        if outcome["status"] == "FAILED" and recipe.startswith(COMMAND):
             covered.setdefault(recipe, []).append(outcome["key"])
     if not covered:
         return None, []

@@ -45,6 +45,7 @@ class BiascheckState:
     temporary: bool = False
     datasets: dict[str, tuple[str, Any]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    fixes: dict[str, Any] = field(default_factory=dict)
     outcomes: list[tuple[tuple[int, int], dict[str, Any]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
@@ -99,10 +100,14 @@ class BiascheckState:
         return [{**row, "item": f"{prefix}::{row['item']}", "path": key} for row in rows]
 
     def fix(self, key: str) -> Any:
-        """What a model's suggested fixes are filled in with (:class:`suggest.Fix`)."""
+        """What a model's suggested fixes are filled in with (:class:`suggest.Fix`), found once
+        per model for all its items."""
         from pytest_biascheck.suggest import fix_for
 
-        return fix_for(self.models[key], self.dataset(key)[0], self.results_for(key))
+        if key not in self.fixes:
+            model, results = self.models[key], self.results_for(key)
+            self.fixes[key] = fix_for(model, self.dataset(key)[0], results)
+        return self.fixes[key]
 
     def _wanted(self, key: str) -> list[str]:
         name = self.models[key].name
